@@ -1,0 +1,686 @@
+//! The embedded, database-backed bus: the transactional outbox (fan-out on write), durable
+//! subscriptions, claims with leases, retries, dead letters, replay and durable timers.
+//!
+//! How a publish becomes deliveries: inside the caller's transaction, [`Tx::publish`] appends
+//! the events to the log and inserts one `deliveries` row per matching subscription. There is
+//! no read cursor over the log, so transactions committing out of id order cannot make a
+//! consumer skip an event. Workers claim rows (state `leased` with a lease deadline), run the
+//! handler, and in the handler's own transaction record `(subscription, event_id)` in
+//! `processed` and mark the delivery `done`.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use serde_json::{Value, json};
+use sqlx::sqlite::{Sqlite, SqliteConnection, SqlitePool};
+use sqlx::{Row, Transaction};
+use time::OffsetDateTime;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::catalog::Catalog;
+use crate::envelope::{from_micros, to_micros};
+use crate::subscription::{SubscriptionSpec, matches};
+use crate::{Envelope, EventError};
+
+/// Tunables of the embedded bus.
+#[derive(Debug, Clone)]
+pub struct BusOptions {
+    /// The fallback poll, for events committed by other processes (in-process commits wake
+    /// workers at once).
+    pub poll_interval: Duration,
+    /// Deliveries claimed per round trip.
+    pub claim_batch: usize,
+}
+
+impl Default for BusOptions {
+    fn default() -> Self {
+        Self { poll_interval: Duration::from_millis(500), claim_batch: 64 }
+    }
+}
+
+/// The handle to the substrate: cheap to clone, shared by the API and every worker.
+#[derive(Clone)]
+pub struct Bus {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) pool: SqlitePool,
+    pub(crate) catalog: &'static Catalog,
+    /// Bumped after every commit that wrote events, timers or redrives: wakes the workers.
+    pub(crate) wake: watch::Sender<u64>,
+    subs: Mutex<(i64, Arc<Vec<ActiveSub>>)>,
+    pub(crate) options: BusOptions,
+}
+
+struct ActiveSub {
+    name: String,
+    patterns: Vec<String>,
+    filter: BTreeMap<String, Value>,
+    ordered: bool,
+}
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+impl Bus {
+    /// A bus over an open, migrated pool, with the compiled-in catalog.
+    ///
+    /// # Errors
+    /// If the compiled-in catalog is malformed.
+    pub fn new(pool: SqlitePool, options: BusOptions) -> Result<Bus, EventError> {
+        let (wake, _) = watch::channel(0);
+        Ok(Bus {
+            inner: Arc::new(Inner { pool, catalog: Catalog::builtin()?, wake, subs: Mutex::new((-1, Arc::new(Vec::new()))), options }),
+        })
+    }
+
+    /// Opens the database at `url`, applies the substrate's migrations and returns the bus.
+    ///
+    /// # Errors
+    /// Database or migration failures.
+    pub async fn open(url: &str, options: BusOptions) -> Result<Bus, EventError> {
+        let pool = crate::db::open_sqlite(url).await?;
+        crate::db::migrate(&pool).await?;
+        Bus::new(pool, options)
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.inner.pool
+    }
+
+    pub fn catalog(&self) -> &'static Catalog {
+        self.inner.catalog
+    }
+
+    /// Begins a write transaction (`BEGIN IMMEDIATE`: SQLite takes the write lock up front, so
+    /// a transaction never fails half-way on a lock upgrade).
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn begin(&self) -> Result<Tx, EventError> {
+        let tx = self.inner.pool.begin_with("BEGIN IMMEDIATE").await?;
+        Ok(Tx { tx, bus: self.clone(), wakes: false })
+    }
+
+    /// Publishes events in a transaction of their own.
+    ///
+    /// # Errors
+    /// See [`Tx::publish_all`].
+    pub async fn publish(&self, events: &[Envelope]) -> Result<(), EventError> {
+        let mut tx = self.begin().await?;
+        tx.publish_all(events).await?;
+        tx.commit().await
+    }
+
+    pub(crate) fn wake(&self) {
+        self.inner.wake.send_modify(|g| *g = g.wrapping_add(1));
+    }
+
+    /// Creates or updates a subscription. A newly created subscription with `start_from`
+    /// is backfilled with the events published since then.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn register(&self, spec: &SubscriptionSpec) -> Result<bool, EventError> {
+        let mut tx = self.begin().await?;
+        let existed = sqlx::query("SELECT 1 FROM subscriptions WHERE name = $1").bind(&spec.name).fetch_optional(tx.conn()).await?.is_some();
+        sqlx::query(
+            "INSERT INTO subscriptions (name, patterns, filter, max_attempts, backoff_base_ms, backoff_cap_ms, lease_ms, ordered, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT (name) DO UPDATE SET patterns = excluded.patterns, filter = excluded.filter,
+               max_attempts = excluded.max_attempts, backoff_base_ms = excluded.backoff_base_ms,
+               backoff_cap_ms = excluded.backoff_cap_ms, lease_ms = excluded.lease_ms, ordered = excluded.ordered",
+        )
+        .bind(&spec.name)
+        .bind(serde_json::to_string(&spec.patterns)?)
+        .bind(serde_json::to_string(&spec.filter)?)
+        .bind(i64::from(spec.retry.max_attempts))
+        .bind(spec.retry.base.as_millis() as i64)
+        .bind(spec.retry.cap.as_millis() as i64)
+        .bind(spec.lease.as_millis() as i64)
+        .bind(spec.ordered)
+        .bind(now_ms())
+        .execute(tx.conn())
+        .await?;
+        bump_subscriptions_version(tx.conn()).await?;
+        if !existed && let Some(since) = spec.start_from {
+            tx.backfill(&spec.name, since).await?;
+        }
+        tx.commit().await?;
+        Ok(!existed)
+    }
+
+    /// Stops fan-out to a subscription (e.g. its webhook answered `410 Gone`); its existing
+    /// deliveries stay for inspection.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn disable(&self, name: &str) -> Result<(), EventError> {
+        let mut tx = self.begin().await?;
+        sqlx::query("UPDATE subscriptions SET disabled_at = $2 WHERE name = $1 AND disabled_at IS NULL").bind(name).bind(now_ms()).execute(tx.conn()).await?;
+        bump_subscriptions_version(tx.conn()).await?;
+        tx.commit().await
+    }
+
+    /// Deletes a subscription with its undelivered deliveries and dead letters.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn remove(&self, name: &str) -> Result<bool, EventError> {
+        let mut tx = self.begin().await?;
+        let n = sqlx::query("DELETE FROM subscriptions WHERE name = $1").bind(name).execute(tx.conn()).await?.rows_affected();
+        sqlx::query("DELETE FROM deliveries WHERE subscription = $1 AND state IN ('pending', 'leased', 'dead')").bind(name).execute(tx.conn()).await?;
+        bump_subscriptions_version(tx.conn()).await?;
+        tx.commit().await?;
+        Ok(n > 0)
+    }
+
+    /// Delivers to `subscription` every matching event published since `since` that it has not
+    /// been given yet (a replay; already-delivered events are not repeated).
+    ///
+    /// # Errors
+    /// [`EventError::NotFound`] for an unknown subscription; database failures.
+    pub async fn replay(&self, subscription: &str, since: OffsetDateTime) -> Result<u64, EventError> {
+        let mut tx = self.begin().await?;
+        let n = tx.backfill(subscription, since).await?;
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    async fn active_subs(&self, conn: &mut SqliteConnection) -> Result<Arc<Vec<ActiveSub>>, EventError> {
+        let version: i64 = sqlx::query_scalar("SELECT value FROM bus_meta WHERE key = 'subscriptions_version'").fetch_one(&mut *conn).await?;
+        if let Ok(cache) = self.inner.subs.lock()
+            && cache.0 == version
+        {
+            return Ok(cache.1.clone());
+        }
+        let rows = sqlx::query("SELECT name, patterns, filter, ordered FROM subscriptions WHERE disabled_at IS NULL").fetch_all(&mut *conn).await?;
+        let mut subs = Vec::with_capacity(rows.len());
+        for r in rows {
+            subs.push(ActiveSub {
+                name: r.get("name"),
+                patterns: serde_json::from_str(r.get("patterns"))?,
+                filter: serde_json::from_str(r.get("filter"))?,
+                ordered: r.get("ordered"),
+            });
+        }
+        let subs = Arc::new(subs);
+        if let Ok(mut cache) = self.inner.subs.lock() {
+            *cache = (version, subs.clone());
+        }
+        Ok(subs)
+    }
+
+    /// Dead letters, newest first, optionally of one subscription.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn dead_letters(&self, subscription: Option<&str>, limit: i64) -> Result<Vec<DeadLetter>, EventError> {
+        let rows = sqlx::query(
+            "SELECT d.id, d.subscription, d.event_id, d.attempts, d.last_error, d.updated_at, e.event_type, e.event_version, e.subject, e.tenant
+             FROM deliveries d JOIN events e ON e.event_id = d.event_id
+             WHERE d.state = 'dead' AND ($1 IS NULL OR d.subscription = $1)
+             ORDER BY d.updated_at DESC, d.id DESC LIMIT $2",
+        )
+        .bind(subscription)
+        .bind(limit)
+        .fetch_all(&self.inner.pool)
+        .await?;
+        rows.iter().map(DeadLetter::from_row).collect()
+    }
+
+    /// One dead letter by id.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn dead_letter(&self, id: i64) -> Result<Option<DeadLetter>, EventError> {
+        let row = sqlx::query(
+            "SELECT d.id, d.subscription, d.event_id, d.attempts, d.last_error, d.updated_at, e.event_type, e.event_version, e.subject, e.tenant
+             FROM deliveries d JOIN events e ON e.event_id = d.event_id WHERE d.state = 'dead' AND d.id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.inner.pool)
+        .await?;
+        row.as_ref().map(DeadLetter::from_row).transpose()
+    }
+
+    /// Sends a dead letter back to its subscription for a fresh series of attempts (same event,
+    /// same `event_id`, so receivers can still deduplicate).
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn redrive(&self, id: i64) -> Result<bool, EventError> {
+        let n = sqlx::query("UPDATE deliveries SET state = 'pending', attempts = 0, available_at = $2, updated_at = $2 WHERE id = $1 AND state = 'dead'")
+            .bind(id)
+            .bind(now_ms())
+            .execute(&self.inner.pool)
+            .await?
+            .rows_affected();
+        self.wake();
+        Ok(n > 0)
+    }
+
+    /// Redrives every dead letter (of one subscription, or all).
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn redrive_all(&self, subscription: Option<&str>) -> Result<u64, EventError> {
+        let n = sqlx::query(
+            "UPDATE deliveries SET state = 'pending', attempts = 0, available_at = $2, updated_at = $2 WHERE state = 'dead' AND ($1 IS NULL OR subscription = $1)",
+        )
+        .bind(subscription)
+        .bind(now_ms())
+        .execute(&self.inner.pool)
+        .await?
+        .rows_affected();
+        self.wake();
+        Ok(n)
+    }
+
+    /// Discards a dead letter (kept in the history as `discarded`).
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn discard(&self, id: i64) -> Result<bool, EventError> {
+        let n = sqlx::query("UPDATE deliveries SET state = 'discarded', updated_at = $2 WHERE id = $1 AND state = 'dead'")
+            .bind(id)
+            .bind(now_ms())
+            .execute(&self.inner.pool)
+            .await?
+            .rows_affected();
+        Ok(n > 0)
+    }
+
+    /// Deliveries not yet finished (pending or leased), over all subscriptions.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn unfinished(&self) -> Result<i64, EventError> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM deliveries WHERE state IN ('pending', 'leased')").fetch_one(&self.inner.pool).await?)
+    }
+
+    /// Deletes finished deliveries and idempotency records older than `age` (queue tables must
+    /// not grow forever). The event log itself is kept.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn purge_finished(&self, age: Duration) -> Result<u64, EventError> {
+        let before = now_ms() - age.as_millis() as i64;
+        let mut tx = self.begin().await?;
+        let n = sqlx::query("DELETE FROM deliveries WHERE state IN ('done', 'discarded') AND updated_at < $1").bind(before).execute(tx.conn()).await?.rows_affected();
+        sqlx::query("DELETE FROM processed WHERE processed_at < $1").bind(before).execute(tx.conn()).await?;
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    /// Fires every due timer (publishes its event and deletes it, in one transaction).
+    /// Returns how many fired.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn fire_due_timers(&self, max: i64) -> Result<usize, EventError> {
+        let now = now_ms();
+        let mut tx = self.begin().await?;
+        let rows = sqlx::query("DELETE FROM timers WHERE id IN (SELECT id FROM timers WHERE fire_at <= $1 ORDER BY fire_at LIMIT $2) RETURNING event")
+            .bind(now)
+            .bind(max)
+            .fetch_all(tx.conn())
+            .await?;
+        if rows.is_empty() {
+            tx.rollback().await?;
+            return Ok(0);
+        }
+        let mut events = Vec::with_capacity(rows.len());
+        let fired_at = crate::envelope::now_utc();
+        for r in &rows {
+            let mut ev: Envelope = serde_json::from_str(r.get("event"))?;
+            ev.created_at = fired_at;
+            events.push(ev);
+        }
+        tx.publish_all(&events).await?;
+        tx.commit().await?;
+        tracing::debug!(count = events.len(), "Timers fired.");
+        Ok(events.len())
+    }
+
+    /// How long until the next timer is due (capped by `cap`).
+    pub(crate) async fn next_timer_in(&self, cap: Duration) -> Duration {
+        let next: Option<i64> = sqlx::query_scalar("SELECT MIN(fire_at) FROM timers").fetch_one(&self.inner.pool).await.unwrap_or(None);
+        until(next, cap)
+    }
+
+    /// The event log, in publication order, filtered.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn events(&self, q: &EventQuery) -> Result<Vec<LoggedEvent>, EventError> {
+        let rows = sqlx::query(
+            "SELECT seq, event_id, event_type, event_version, correlation_id, causation_id, created_at, source, subject, tenant, traceparent, payload
+             FROM events
+             WHERE seq > $1 AND ($2 IS NULL OR correlation_id = $2) AND ($3 IS NULL OR subject = $3)
+               AND ($4 IS NULL OR event_type = $4) AND ($5 IS NULL OR tenant = $5)
+             ORDER BY seq LIMIT $6",
+        )
+        .bind(q.after_seq.unwrap_or(0))
+        .bind(q.correlation_id.as_deref())
+        .bind(q.subject.as_deref())
+        .bind(q.event_type.as_deref())
+        .bind(q.tenant.as_deref())
+        .bind(q.limit)
+        .fetch_all(&self.inner.pool)
+        .await?;
+        rows.iter().map(|r| Ok(LoggedEvent { seq: r.get("seq"), envelope: envelope_from_row(r)? })).collect()
+    }
+
+    /// Every delivery of the given events (for traces), oldest first.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn deliveries_of(&self, event_ids: &[Uuid]) -> Result<Vec<DeliveryState>, EventError> {
+        let ids = serde_json::to_string(&event_ids.iter().map(Uuid::to_string).collect::<Vec<_>>())?;
+        let rows = sqlx::query(
+            "SELECT id, subscription, event_id, state, attempts, available_at, last_error, updated_at FROM deliveries
+             WHERE event_id IN (SELECT value FROM json_each($1)) ORDER BY id",
+        )
+        .bind(ids)
+        .fetch_all(&self.inner.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(DeliveryState {
+                    id: r.get("id"),
+                    subscription: r.get("subscription"),
+                    event_id: parse_uuid(r.get("event_id"))?,
+                    state: r.get("state"),
+                    attempts: r.get::<i64, _>("attempts") as u32,
+                    next_attempt_at: ms_to_time(r.get("available_at")),
+                    last_error: r.get("last_error"),
+                    updated_at: ms_to_time(r.get("updated_at")),
+                })
+            })
+            .collect()
+    }
+}
+
+/// A filter over the event log.
+#[derive(Debug, Clone, Default)]
+pub struct EventQuery {
+    pub correlation_id: Option<String>,
+    pub subject: Option<String>,
+    pub event_type: Option<String>,
+    pub tenant: Option<String>,
+    /// Only events after this log position (a cursor).
+    pub after_seq: Option<i64>,
+    pub limit: i64,
+}
+
+/// An event with its position in the log.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoggedEvent {
+    pub seq: i64,
+    #[serde(flatten)]
+    pub envelope: Envelope,
+}
+
+/// One delivery of one event to one subscription.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliveryState {
+    pub id: i64,
+    pub subscription: String,
+    pub event_id: Uuid,
+    /// `pending`, `leased`, `done`, `dead` or `discarded`.
+    pub state: String,
+    pub attempts: u32,
+    #[serde(with = "time::serde::rfc3339")]
+    pub next_attempt_at: OffsetDateTime,
+    pub last_error: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+/// A delivery that exhausted its attempts.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetter {
+    pub id: i64,
+    pub subscription: String,
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub event_version: u32,
+    pub subject: String,
+    pub tenant: String,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub failed_at: OffsetDateTime,
+}
+
+impl DeadLetter {
+    fn from_row(r: &sqlx::sqlite::SqliteRow) -> Result<DeadLetter, EventError> {
+        Ok(DeadLetter {
+            id: r.get("id"),
+            subscription: r.get("subscription"),
+            event_id: parse_uuid(r.get("event_id"))?,
+            event_type: r.get("event_type"),
+            event_version: r.get::<i64, _>("event_version") as u32,
+            subject: r.get("subject"),
+            tenant: r.get("tenant"),
+            attempts: r.get::<i64, _>("attempts") as u32,
+            last_error: r.get("last_error"),
+            failed_at: ms_to_time(r.get("updated_at")),
+        })
+    }
+}
+
+fn ms_to_time(ms: i64) -> OffsetDateTime {
+    from_micros(ms.saturating_mul(1000))
+}
+
+pub(crate) fn until(next_ms: Option<i64>, cap: Duration) -> Duration {
+    match next_ms {
+        Some(t) => Duration::from_millis((t - now_ms()).max(0) as u64).min(cap),
+        None => cap,
+    }
+}
+
+fn parse_uuid(s: &str) -> Result<Uuid, EventError> {
+    Uuid::parse_str(s).map_err(|e| EventError::Corrupt(format!("bad uuid {s:?}: {e}")))
+}
+
+pub(crate) fn envelope_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Envelope, EventError> {
+    let causation: Option<String> = r.get("causation_id");
+    Ok(Envelope {
+        event_id: parse_uuid(r.get("event_id"))?,
+        event_type: r.get("event_type"),
+        event_version: r.get::<i64, _>("event_version") as u32,
+        correlation_id: r.get("correlation_id"),
+        causation_id: causation.as_deref().map(parse_uuid).transpose()?,
+        created_at: from_micros(r.get("created_at")),
+        source: r.get("source"),
+        subject: r.get("subject"),
+        tenant: r.get("tenant"),
+        traceparent: r.get("traceparent"),
+        payload: serde_json::from_str(r.get("payload"))?,
+    })
+}
+
+async fn bump_subscriptions_version(conn: &mut SqliteConnection) -> Result<(), EventError> {
+    sqlx::query("UPDATE bus_meta SET value = value + 1 WHERE key = 'subscriptions_version'").execute(conn).await?;
+    Ok(())
+}
+
+/// A write transaction that can carry events: the transactional outbox.
+///
+/// Whatever the caller writes through [`Tx::conn`] and every event it publishes commit or roll
+/// back together. Dropping a `Tx` without [`Tx::commit`] rolls it back.
+pub struct Tx {
+    tx: Transaction<'static, Sqlite>,
+    bus: Bus,
+    wakes: bool,
+}
+
+impl Tx {
+    /// The connection, for the caller's own state changes.
+    pub fn conn(&mut self) -> &mut SqliteConnection {
+        &mut self.tx
+    }
+
+    /// The bus this transaction belongs to.
+    pub fn bus(&self) -> &Bus {
+        &self.bus
+    }
+
+    /// Publishes one event with this transaction. See [`Tx::publish_all`].
+    ///
+    /// # Errors
+    /// See [`Tx::publish_all`].
+    pub async fn publish(&mut self, event: Envelope) -> Result<(), EventError> {
+        self.publish_all(std::slice::from_ref(&event)).await
+    }
+
+    /// Validates every event against the catalog, appends them to the log and fans them out to
+    /// the matching subscriptions — all inside this transaction.
+    ///
+    /// # Errors
+    /// [`EventError::UnknownType`] / [`EventError::InvalidPayload`] before anything is written;
+    /// database failures.
+    pub async fn publish_all(&mut self, events: &[Envelope]) -> Result<(), EventError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        for ev in events {
+            self.bus.inner.catalog.validate(&ev.event_type, ev.event_version, &ev.payload)?;
+        }
+        let rows: Vec<Value> = events
+            .iter()
+            .map(|e| {
+                json!({
+                    "event_id": e.event_id.to_string(), "event_type": e.event_type, "event_version": e.event_version,
+                    "correlation_id": e.correlation_id, "causation_id": e.causation_id.map(|c| c.to_string()),
+                    "created_at": to_micros(e.created_at), "source": e.source, "subject": e.subject, "tenant": e.tenant,
+                    "traceparent": e.traceparent, "payload": e.payload,
+                })
+            })
+            .collect();
+        sqlx::query(
+            "INSERT INTO events (event_id, event_type, event_version, correlation_id, causation_id, created_at, source, subject, tenant, traceparent, payload)
+             SELECT j.value->>'event_id', j.value->>'event_type', j.value->>'event_version', j.value->>'correlation_id',
+                    j.value->>'causation_id', j.value->>'created_at', j.value->>'source', j.value->>'subject', j.value->>'tenant',
+                    j.value->>'traceparent', j.value->'payload'
+             FROM json_each($1) AS j",
+        )
+        .bind(Value::Array(rows).to_string())
+        .execute(&mut *self.tx)
+        .await?;
+        let subs = self.bus.active_subs(&mut self.tx).await?;
+        let mut deliveries = Vec::new();
+        for ev in events {
+            for s in subs.iter().filter(|s| matches(&s.patterns, &s.filter, ev)) {
+                deliveries.push(json!([s.name, ev.event_id.to_string(), s.ordered.then_some(&ev.subject)]));
+            }
+        }
+        self.insert_deliveries(deliveries).await?;
+        self.wakes = true;
+        Ok(())
+    }
+
+    async fn insert_deliveries(&mut self, deliveries: Vec<Value>) -> Result<u64, EventError> {
+        if deliveries.is_empty() {
+            return Ok(0);
+        }
+        let n = sqlx::query(
+            "INSERT INTO deliveries (subscription, event_id, ordering_key, state, attempts, available_at, updated_at)
+             SELECT j.value->>0, j.value->>1, j.value->>2, 'pending', 0, $2, $2 FROM json_each($1) AS j WHERE true
+             ON CONFLICT (subscription, event_id) DO NOTHING",
+        )
+        .bind(Value::Array(deliveries).to_string())
+        .bind(now_ms())
+        .execute(&mut *self.tx)
+        .await?
+        .rows_affected();
+        self.wakes = true;
+        Ok(n)
+    }
+
+    async fn backfill(&mut self, subscription: &str, since: OffsetDateTime) -> Result<u64, EventError> {
+        let sub = sqlx::query("SELECT patterns, filter, ordered FROM subscriptions WHERE name = $1").bind(subscription).fetch_optional(&mut *self.tx).await?;
+        let Some(sub) = sub else { return Err(EventError::NotFound(format!("subscription {subscription}"))) };
+        let patterns: Vec<String> = serde_json::from_str(sub.get("patterns"))?;
+        let filter: BTreeMap<String, Value> = serde_json::from_str(sub.get("filter"))?;
+        let ordered: bool = sub.get("ordered");
+        let mut after = 0i64;
+        let mut total = 0;
+        loop {
+            let rows = sqlx::query(
+                "SELECT seq, event_id, event_type, event_version, correlation_id, causation_id, created_at, source, subject, tenant, traceparent, payload
+                 FROM events WHERE created_at >= $1 AND seq > $2 ORDER BY seq LIMIT 1000",
+            )
+            .bind(to_micros(since))
+            .bind(after)
+            .fetch_all(&mut *self.tx)
+            .await?;
+            let Some(last) = rows.last() else { break };
+            after = last.get("seq");
+            let mut deliveries = Vec::new();
+            for r in &rows {
+                let ev = envelope_from_row(r)?;
+                if matches(&patterns, &filter, &ev) {
+                    deliveries.push(json!([subscription, ev.event_id.to_string(), ordered.then_some(&ev.subject)]));
+                }
+            }
+            total += self.insert_deliveries(deliveries).await?;
+        }
+        Ok(total)
+    }
+
+    /// Schedules `event` to be published at `at` under the timer id `timer_id` (replacing a
+    /// timer of the same id). The event is validated now and keeps its `event_id`.
+    ///
+    /// # Errors
+    /// Catalog and database failures.
+    pub async fn schedule(&mut self, timer_id: &str, at: OffsetDateTime, event: &Envelope) -> Result<(), EventError> {
+        self.bus.inner.catalog.validate(&event.event_type, event.event_version, &event.payload)?;
+        sqlx::query("INSERT INTO timers (id, fire_at, event) VALUES ($1, $2, $3) ON CONFLICT (id) DO UPDATE SET fire_at = excluded.fire_at, event = excluded.event")
+            .bind(timer_id)
+            .bind((at.unix_timestamp_nanos() / 1_000_000) as i64)
+            .bind(serde_json::to_string(event)?)
+            .execute(&mut *self.tx)
+            .await?;
+        self.wakes = true;
+        Ok(())
+    }
+
+    /// Cancels a timer. Returns `false` when there was none — it never existed or has already
+    /// fired, in which case its event is (or will be, once this commits) in the log.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn cancel_timer(&mut self, timer_id: &str) -> Result<bool, EventError> {
+        Ok(sqlx::query("DELETE FROM timers WHERE id = $1").bind(timer_id).execute(&mut *self.tx).await?.rows_affected() > 0)
+    }
+
+    /// Commits, then wakes the workers if events were written.
+    ///
+    /// # Errors
+    /// Database failures (nothing was committed).
+    pub async fn commit(self) -> Result<(), EventError> {
+        self.tx.commit().await?;
+        if self.wakes {
+            self.bus.wake();
+        }
+        Ok(())
+    }
+
+    /// Rolls back: nothing written through this transaction, events included, remains.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn rollback(self) -> Result<(), EventError> {
+        self.tx.rollback().await?;
+        Ok(())
+    }
+}
