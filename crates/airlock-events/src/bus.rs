@@ -73,10 +73,13 @@ impl Bus {
     /// # Errors
     /// If the compiled-in catalog is malformed.
     pub fn new(pool: SqlitePool, options: BusOptions) -> Result<Bus, EventError> {
+        Ok(Bus::with_catalog(pool, options, Catalog::builtin()?))
+    }
+
+    /// A bus validating against another catalog (tests and tools; the binary uses the builtin).
+    pub fn with_catalog(pool: SqlitePool, options: BusOptions, catalog: &'static Catalog) -> Bus {
         let (wake, _) = watch::channel(0);
-        Ok(Bus {
-            inner: Arc::new(Inner { pool, catalog: Catalog::builtin()?, wake, subs: Mutex::new((-1, Arc::new(Vec::new()))), options }),
-        })
+        Bus { inner: Arc::new(Inner { pool, catalog, wake, subs: Mutex::new((-1, Arc::new(Vec::new()))), options }) }
     }
 
     /// Opens the database at `url`, applies the substrate's migrations and returns the bus.
