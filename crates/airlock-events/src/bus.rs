@@ -54,6 +54,10 @@ pub(crate) struct Inner {
     pub(crate) wake: watch::Sender<u64>,
     subs: Mutex<(i64, Arc<Vec<ActiveSub>>)>,
     pub(crate) options: BusOptions,
+    /// SQLite has one writer: queueing writers here, in order, is far cheaper than letting
+    /// them collide on the file lock (whose busy handler sleeps). Other processes still queue
+    /// on the busy timeout.
+    write: Arc<tokio::sync::Mutex<()>>,
 }
 
 struct ActiveSub {
@@ -79,7 +83,7 @@ impl Bus {
     /// A bus validating against another catalog (tests and tools; the binary uses the builtin).
     pub fn with_catalog(pool: SqlitePool, options: BusOptions, catalog: &'static Catalog) -> Bus {
         let (wake, _) = watch::channel(0);
-        Bus { inner: Arc::new(Inner { pool, catalog, wake, subs: Mutex::new((-1, Arc::new(Vec::new()))), options }) }
+        Bus { inner: Arc::new(Inner { pool, catalog, wake, subs: Mutex::new((-1, Arc::new(Vec::new()))), options, write: Arc::default() }) }
     }
 
     /// Opens the database at `url`, applies the substrate's migrations and returns the bus.
@@ -106,8 +110,17 @@ impl Bus {
     /// # Errors
     /// Database failures.
     pub async fn begin(&self) -> Result<Tx, EventError> {
+        let guard = self.inner.write.clone().lock_owned().await;
         let tx = self.inner.pool.begin_with("BEGIN IMMEDIATE").await?;
-        Ok(Tx { tx, bus: self.clone(), wakes: false })
+        Ok(Tx { tx, _write: guard, bus: self.clone(), wakes: false })
+    }
+
+    /// Runs one write statement in a transaction of its own.
+    pub(crate) async fn write(&self, q: sqlx::query::Query<'_, Sqlite, sqlx::sqlite::SqliteArguments>) -> Result<u64, EventError> {
+        let mut tx = self.begin().await?;
+        let n = q.execute(tx.conn()).await?.rows_affected();
+        tx.commit().await?;
+        Ok(n)
     }
 
     /// Publishes events in a transaction of their own.
@@ -258,12 +271,9 @@ impl Bus {
     /// # Errors
     /// Database failures.
     pub async fn redrive(&self, id: i64) -> Result<bool, EventError> {
-        let n = sqlx::query("UPDATE deliveries SET state = 'pending', attempts = 0, available_at = $2, updated_at = $2 WHERE id = $1 AND state = 'dead'")
-            .bind(id)
-            .bind(now_ms())
-            .execute(&self.inner.pool)
-            .await?
-            .rows_affected();
+        let n = self
+            .write(sqlx::query("UPDATE deliveries SET state = 'pending', attempts = 0, available_at = $2, updated_at = $2 WHERE id = $1 AND state = 'dead'").bind(id).bind(now_ms()))
+            .await?;
         self.wake();
         Ok(n > 0)
     }
@@ -273,14 +283,13 @@ impl Bus {
     /// # Errors
     /// Database failures.
     pub async fn redrive_all(&self, subscription: Option<&str>) -> Result<u64, EventError> {
-        let n = sqlx::query(
-            "UPDATE deliveries SET state = 'pending', attempts = 0, available_at = $2, updated_at = $2 WHERE state = 'dead' AND ($1 IS NULL OR subscription = $1)",
-        )
-        .bind(subscription)
-        .bind(now_ms())
-        .execute(&self.inner.pool)
-        .await?
-        .rows_affected();
+        let n = self
+            .write(
+                sqlx::query("UPDATE deliveries SET state = 'pending', attempts = 0, available_at = $2, updated_at = $2 WHERE state = 'dead' AND ($1 IS NULL OR subscription = $1)")
+                    .bind(subscription)
+                    .bind(now_ms()),
+            )
+            .await?;
         self.wake();
         Ok(n)
     }
@@ -290,12 +299,7 @@ impl Bus {
     /// # Errors
     /// Database failures.
     pub async fn discard(&self, id: i64) -> Result<bool, EventError> {
-        let n = sqlx::query("UPDATE deliveries SET state = 'discarded', updated_at = $2 WHERE id = $1 AND state = 'dead'")
-            .bind(id)
-            .bind(now_ms())
-            .execute(&self.inner.pool)
-            .await?
-            .rows_affected();
+        let n = self.write(sqlx::query("UPDATE deliveries SET state = 'discarded', updated_at = $2 WHERE id = $1 AND state = 'dead'").bind(id).bind(now_ms())).await?;
         Ok(n > 0)
     }
 
@@ -522,6 +526,8 @@ async fn bump_subscriptions_version(conn: &mut SqliteConnection) -> Result<(), E
 /// back together. Dropping a `Tx` without [`Tx::commit`] rolls it back.
 pub struct Tx {
     tx: Transaction<'static, Sqlite>,
+    /// Held until commit or rollback (declared after `tx`, so it is released after it).
+    _write: tokio::sync::OwnedMutexGuard<()>,
     bus: Bus,
     wakes: bool,
 }

@@ -118,7 +118,15 @@ impl HandlerCtx {
 struct Claimed {
     id: i64,
     attempts: u32,
+    /// Already in `processed`: a duplicate, acknowledged without running the handler.
+    seen: bool,
     event: Envelope,
+}
+
+/// A finished delivery whose handler wrote nothing: recorded as processed in batches.
+struct Finished {
+    id: i64,
+    event_id: String,
 }
 
 struct Consumer {
@@ -128,6 +136,9 @@ struct Consumer {
     /// Signalled when a delivery finishes: frees a slot, and may unblock the next event of
     /// an ordering key.
     done: Notify,
+    /// Deliveries whose handler opened no transaction, to be completed in one transaction per
+    /// batch (group commit).
+    finished: tokio::sync::mpsc::UnboundedSender<Finished>,
 }
 
 impl Bus {
@@ -142,9 +153,47 @@ impl Bus {
         shutdown: CancellationToken,
     ) -> Result<tokio::task::JoinHandle<()>, EventError> {
         self.register(&spec).await?;
-        let consumer = Arc::new(Consumer { name: Arc::from(spec.name.as_str()), spec, handler, done: Notify::new() });
+        let (finished, rx) = tokio::sync::mpsc::unbounded_channel();
+        let consumer = Arc::new(Consumer { name: Arc::from(spec.name.as_str()), spec, handler, done: Notify::new(), finished });
         let bus = self.clone();
-        Ok(tokio::spawn(async move { bus.consume(consumer, shutdown).await }))
+        let completer = tokio::spawn(bus.clone().complete_batches(consumer.clone(), rx));
+        Ok(tokio::spawn(async move {
+            bus.consume(consumer, shutdown).await;
+            let _ = completer.await;
+        }))
+    }
+
+    /// Records finished deliveries as processed and done, many per transaction. If a batch
+    /// fails, its deliveries stay leased and are redelivered when the lease runs out (and then
+    /// recognised as unprocessed: nothing was recorded).
+    async fn complete_batches(self, c: Arc<Consumer>, mut rx: tokio::sync::mpsc::UnboundedReceiver<Finished>) {
+        let mut batch = Vec::new();
+        while rx.recv_many(&mut batch, 512).await > 0 {
+            let ids: Vec<i64> = batch.iter().map(|f| f.id).collect();
+            let events: Vec<&str> = batch.iter().map(|f| f.event_id.as_str()).collect();
+            let r: Result<(), EventError> = async {
+                let mut tx = self.begin().await?;
+                let now = now_ms();
+                sqlx::query("INSERT INTO processed (subscription, event_id, processed_at) SELECT $1, value, $2 FROM json_each($3) WHERE true ON CONFLICT DO NOTHING")
+                    .bind(&*c.name)
+                    .bind(now)
+                    .bind(serde_json::to_string(&events)?)
+                    .execute(tx.conn())
+                    .await?;
+                sqlx::query("UPDATE deliveries SET state = 'done', lease_until = NULL, last_error = NULL, updated_at = $1 WHERE id IN (SELECT value FROM json_each($2))")
+                    .bind(now)
+                    .bind(serde_json::to_string(&ids)?)
+                    .execute(tx.conn())
+                    .await?;
+                tx.commit().await
+            }
+            .await;
+            if let Err(e) = r {
+                tracing::warn!(subscription = %c.name, error = %e, count = ids.len(), "Recording finished deliveries failed; they will be redelivered.");
+            }
+            batch.clear();
+            c.done.notify_one();
+        }
     }
 
     /// Runs the timer loop until `shutdown`.
@@ -180,8 +229,11 @@ impl Bus {
         while !shutdown.is_cancelled() {
             while tasks.try_join_next().is_some() {}
             let free = slots.available_permits().min(batch);
+            let concurrency = c.spec.concurrency.max(1);
             let mut wait = self.inner.options.poll_interval;
-            if free > 0 {
+            // Claim when at least half the slots are free (or all are): one claim per several
+            // deliveries instead of one per completion.
+            if free > 0 && (free * 2 >= concurrency || free == slots.available_permits() && tasks.is_empty()) {
                 wake.borrow_and_update();
                 match self.claim(&c, free).await {
                     Ok(claimed) => {
@@ -237,30 +289,36 @@ impl Bus {
         // Claimable: pending and due, or leased by a worker whose lease ran out (it crashed or
         // hung). With per-key ordering, only the oldest unfinished delivery of each key.
         const UNORDERED: &str = "UPDATE deliveries SET state = 'leased', lease_until = $1, attempts = attempts + 1, updated_at = $2
-             WHERE id IN (SELECT d.id FROM deliveries d WHERE d.subscription = $3
-                 AND ((d.state = 'pending' AND d.available_at <= $2) OR (d.state = 'leased' AND d.lease_until < $2))
-                 ORDER BY d.id LIMIT $4)
+             WHERE id IN (
+                 SELECT id FROM (SELECT id FROM deliveries WHERE subscription = $3 AND state = 'pending' AND available_at <= $2 ORDER BY id LIMIT $4)
+                 UNION ALL
+                 SELECT id FROM (SELECT id FROM deliveries WHERE subscription = $3 AND state = 'leased' AND lease_until < $2 ORDER BY id LIMIT $4)
+                 ORDER BY id LIMIT $4)
              RETURNING id, attempts";
         const ORDERED: &str = "UPDATE deliveries SET state = 'leased', lease_until = $1, attempts = attempts + 1, updated_at = $2
-             WHERE id IN (SELECT d.id FROM deliveries d WHERE d.subscription = $3
-                 AND ((d.state = 'pending' AND d.available_at <= $2) OR (d.state = 'leased' AND d.lease_until < $2))
-                 AND NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.subscription = d.subscription
-                     AND p.ordering_key = d.ordering_key AND p.id < d.id AND p.state IN ('pending', 'leased'))
-                 ORDER BY d.id LIMIT $4)
+             WHERE id IN (
+                 SELECT id FROM (SELECT d.id FROM deliveries d WHERE d.subscription = $3
+                     AND ((d.state = 'pending' AND d.available_at <= $2) OR (d.state = 'leased' AND d.lease_until < $2))
+                     AND NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.subscription = d.subscription
+                         AND p.ordering_key = d.ordering_key AND p.id < d.id AND p.state IN ('pending', 'leased'))
+                     ORDER BY d.id LIMIT $4))
              RETURNING id, attempts";
+        let mut tx = self.begin().await?;
         let rows = sqlx::query(if c.spec.ordered { ORDERED } else { UNORDERED })
             .bind(lease_until)
             .bind(now)
             .bind(&*c.name)
             .bind(n as i64)
-            .fetch_all(self.pool())
+            .fetch_all(tx.conn())
             .await?;
+        tx.commit().await?;
         if rows.is_empty() {
             return Ok(Vec::new());
         }
         let ids: Vec<i64> = rows.iter().map(|r| r.get("id")).collect();
         let events = sqlx::query(
-            "SELECT d.id AS delivery_id, d.attempts, e.event_id, e.event_type, e.event_version, e.correlation_id, e.causation_id,
+            "SELECT d.id AS delivery_id, d.attempts, e.event_id,
+                    EXISTS (SELECT 1 FROM processed p WHERE p.subscription = d.subscription AND p.event_id = d.event_id) AS seen, e.event_type, e.event_version, e.correlation_id, e.causation_id,
                     e.created_at, e.source, e.subject, e.tenant, e.traceparent, e.payload
              FROM deliveries d JOIN events e ON e.event_id = d.event_id
              WHERE d.id IN (SELECT value FROM json_each($1)) ORDER BY d.id",
@@ -270,7 +328,7 @@ impl Bus {
         .await?;
         events
             .iter()
-            .map(|r| Ok(Claimed { id: r.get("delivery_id"), attempts: r.get::<i64, _>("attempts") as u32, event: envelope_from_row(r)? }))
+            .map(|r| Ok(Claimed { id: r.get("delivery_id"), attempts: r.get::<i64, _>("attempts") as u32, seen: r.get("seen"), event: envelope_from_row(r)? }))
             .collect()
     }
 
@@ -288,14 +346,9 @@ impl Bus {
     }
 
     async fn run_handler(&self, c: &Consumer, d: &Claimed) -> Result<(), HandlerError> {
-        let seen: Option<i64> = sqlx::query_scalar("SELECT 1 FROM processed WHERE subscription = $1 AND event_id = $2")
-            .bind(&*c.name)
-            .bind(d.event.event_id.to_string())
-            .fetch_optional(self.pool())
-            .await?;
-        if seen.is_some() {
+        if d.seen {
             tracing::debug!("Duplicate delivery acknowledged without running the handler.");
-            self.mark_done(d.id).await?;
+            let _ = c.finished.send(Finished { id: d.id, event_id: d.event.event_id.to_string() });
             return Ok(());
         }
         let keeper = self.keep_lease(d.id, c.spec.lease);
@@ -303,9 +356,10 @@ impl Bus {
         let result = c.handler.handle(&d.event, &mut cx).await;
         keeper.abort();
         result?;
-        let mut tx = match cx.tx.take() {
-            Some(tx) => tx,
-            None => self.begin().await?,
+        let Some(mut tx) = cx.tx.take() else {
+            // No effects to commit with: complete in the next batch.
+            let _ = c.finished.send(Finished { id: d.id, event_id: d.event.event_id.to_string() });
+            return Ok(());
         };
         let fresh = sqlx::query("INSERT INTO processed (subscription, event_id, processed_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
             .bind(&*c.name)
@@ -332,14 +386,14 @@ impl Bus {
 
     /// Extends a long handler's lease every third of the lease, so no other worker takes it.
     fn keep_lease(&self, id: i64, lease: Duration) -> tokio::task::JoinHandle<()> {
-        let pool = self.pool().clone();
+        let bus = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(lease / 3);
             tick.tick().await;
             loop {
                 tick.tick().await;
                 let until = now_ms() + lease.as_millis() as i64;
-                let r = sqlx::query("UPDATE deliveries SET lease_until = $2 WHERE id = $1 AND state = 'leased'").bind(id).bind(until).execute(&pool).await;
+                let r = bus.write(sqlx::query("UPDATE deliveries SET lease_until = $2 WHERE id = $1 AND state = 'leased'").bind(id).bind(until)).await;
                 if let Err(e) = r {
                     tracing::warn!(delivery = id, error = %e, "Extending a lease failed.");
                 }
@@ -348,7 +402,7 @@ impl Bus {
     }
 
     async fn mark_done(&self, id: i64) -> Result<(), EventError> {
-        sqlx::query("UPDATE deliveries SET state = 'done', lease_until = NULL, updated_at = $2 WHERE id = $1").bind(id).bind(now_ms()).execute(self.pool()).await?;
+        self.write(sqlx::query("UPDATE deliveries SET state = 'done', lease_until = NULL, updated_at = $2 WHERE id = $1").bind(id).bind(now_ms())).await?;
         Ok(())
     }
 
@@ -360,13 +414,15 @@ impl Bus {
             _ => policy.backoff(d.attempts),
         };
         let now = now_ms();
-        let r = sqlx::query("UPDATE deliveries SET state = $2, available_at = $3, lease_until = NULL, last_error = $4, updated_at = $5 WHERE id = $1 AND state = 'leased'")
-            .bind(d.id)
-            .bind(if dead { "dead" } else { "pending" })
-            .bind(now + delay.as_millis() as i64)
-            .bind(&err.message)
-            .bind(now)
-            .execute(self.pool())
+        let r = self
+            .write(
+                sqlx::query("UPDATE deliveries SET state = $2, available_at = $3, lease_until = NULL, last_error = $4, updated_at = $5 WHERE id = $1 AND state = 'leased'")
+                    .bind(d.id)
+                    .bind(if dead { "dead" } else { "pending" })
+                    .bind(now + delay.as_millis() as i64)
+                    .bind(&err.message)
+                    .bind(now),
+            )
             .await;
         if let Err(e) = r {
             tracing::error!(error = %e, "Recording a failed delivery failed; the lease will expire and it will be retried.");

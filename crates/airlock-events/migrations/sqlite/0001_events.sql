@@ -50,7 +50,7 @@ CREATE TABLE deliveries (
     updated_at   INTEGER NOT NULL,     -- unix ms
     UNIQUE (subscription, event_id)
 );
-CREATE INDEX deliveries_ready ON deliveries (subscription, state, available_at, id);
+CREATE INDEX deliveries_ready ON deliveries (subscription, state, id);
 CREATE INDEX deliveries_key ON deliveries (subscription, ordering_key, id)
     WHERE state IN ('pending', 'leased');
 CREATE INDEX deliveries_event ON deliveries (event_id);
