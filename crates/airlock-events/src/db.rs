@@ -9,7 +9,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 
 use crate::EventError;
 
@@ -35,7 +37,8 @@ pub async fn open_sqlite(url: &str) -> Result<SqlitePool, EventError> {
         if let Some(parent) = Path::new(opts.get_filename()).parent()
             && !parent.as_os_str().is_empty()
         {
-            std::fs::create_dir_all(parent).map_err(|e| EventError::Config(format!("creating {}: {e}", parent.display())))?;
+            std::fs::create_dir_all(parent)
+                .map_err(|e| EventError::Config(format!("creating {}: {e}", parent.display())))?;
         }
     }
     let pool = SqlitePoolOptions::new()
@@ -52,7 +55,15 @@ pub async fn open_sqlite(url: &str) -> Result<SqlitePool, EventError> {
 pub fn migrator(migrations: &[(i64, &'static str, &'static str)]) -> Migrator {
     let list = migrations
         .iter()
-        .map(|(v, d, sql)| Migration::new(*v, Cow::Borrowed(*d), MigrationType::Simple, sqlx::SqlSafeStr::into_sql_str(*sql), false))
+        .map(|(v, d, sql)| {
+            Migration::new(
+                *v,
+                Cow::Borrowed(*d),
+                MigrationType::Simple,
+                sqlx::SqlSafeStr::into_sql_str(*sql),
+                false,
+            )
+        })
         .collect();
     let mut m = Migrator::with_migrations(list);
     m.set_ignore_missing(true);
@@ -64,6 +75,12 @@ pub fn migrator(migrations: &[(i64, &'static str, &'static str)]) -> Migrator {
 /// # Errors
 /// A failed or checksum-mismatched migration.
 pub async fn migrate(pool: &SqlitePool) -> Result<(), EventError> {
-    migrator(&[(1, "events", include_str!("../migrations/sqlite/0001_events.sql"))]).run(pool).await?;
+    migrator(&[(
+        1,
+        "events",
+        include_str!("../migrations/sqlite/0001_events.sql"),
+    )])
+    .run(pool)
+    .await?;
     Ok(())
 }

@@ -1,0 +1,74 @@
+//! Promotion: moves a validated file's bytes from quarantine to production storage, marks it
+//! `promoted`, and publishes `file.promoted.v1` then `resource.ready`.
+
+use airlock_events::{BoxFuture, Envelope, Handler, HandlerCtx, HandlerError};
+use serde_json::json;
+
+use super::{file_of, storage_error};
+use crate::app::App;
+use crate::blobs::original_key;
+use crate::files::{self, Changes, Status};
+
+pub struct Promote(pub App);
+
+impl Handler for Promote {
+    fn handle<'a>(
+        &'a self,
+        ev: &'a Envelope,
+        cx: &'a mut HandlerCtx,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            let app = &self.0;
+            let Some(file) = file_of(app, ev).await? else {
+                return Ok(());
+            };
+            if file.status != Status::Validating {
+                return Ok(());
+            }
+            let Some(from) = &file.quarantine_key else {
+                return Err(HandlerError::permanent("promoting a file without bytes"));
+            };
+            let to = original_key(&file.tenant, file.id);
+            app.blobs.rename(from, &to).await.map_err(storage_error)?;
+            let detected = ev
+                .payload_str("detected_type")
+                .unwrap_or("application/octet-stream")
+                .to_owned();
+            let scan = ev
+                .payload
+                .get("scan")
+                .cloned()
+                .unwrap_or_else(|| json!({"engine": "none", "result": "skipped"}));
+            let tx = cx.tx().await?;
+            let changes = Changes {
+                detected_type: Some(&detected),
+                scan: Some(&scan),
+                object_key: Some(&to),
+                ..Default::default()
+            };
+            if !files::transition(tx.conn(), file.id, Status::Promoted, &changes).await? {
+                // Deleted (or timed out) while we moved the bytes: do not leave them behind.
+                if let Ok(Some(now)) = files::get(&mut *tx.conn(), file.id).await
+                    && now.status == Status::Deleted
+                {
+                    let _ = app.blobs.delete(&to).await;
+                }
+                return Ok(());
+            }
+            let promoted = ev.caused(
+                "file.promoted",
+                1,
+                json!({"file_id": file.id, "user_id": file.user_id, "kind": file.kind, "mime": detected, "bytes": file.bytes,
+                       "sha256": file.sha256, "path": to, "scan": scan, "at": airlock_events::envelope::format_rfc3339(airlock_events::envelope::now_utc())}),
+            );
+            let ready = promoted.caused(
+                "resource.ready",
+                1,
+                json!({"file_id": file.id, "kind": file.kind}),
+            );
+            tx.publish_all(&[promoted, ready]).await?;
+            tracing::info!(file_id = %file.id, mime = %detected, "File promoted.");
+            Ok(())
+        })
+    }
+}

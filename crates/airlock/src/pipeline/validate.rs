@@ -1,0 +1,229 @@
+//! Validation: `Start` moves an uploaded file to `validating` and arms the timeout; `Validate`
+//! sniffs the real type from the bytes and applies the kind's policy; `Timeout` fails a
+//! validation that took too long. Validate and Timeout race through the timer: whoever
+//! removes it (cancel or fire) decides, the other does nothing.
+
+use airlock_events::{BoxFuture, Envelope, Handler, HandlerCtx, HandlerError};
+use serde_json::{Value, json};
+
+use super::{file_of, storage_error, validation_timer};
+use crate::app::App;
+use crate::config::{Kind, ScanPolicy};
+use crate::files::{self, Changes, FileRecord, QuarantineReason, Status};
+
+/// How many leading bytes the sniffer reads.
+const SNIFF_BYTES: u64 = 8192;
+
+pub struct Start(pub App);
+
+impl Handler for Start {
+    fn handle<'a>(
+        &'a self,
+        ev: &'a Envelope,
+        cx: &'a mut HandlerCtx,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            let Some(file) = file_of(&self.0, ev).await? else {
+                return Ok(());
+            };
+            if file.status != Status::Uploaded {
+                return Ok(());
+            }
+            let timeout_at =
+                airlock_events::envelope::now_utc() + self.0.settings.validation_timeout;
+            let tx = cx.tx().await?;
+            if !files::transition(tx.conn(), file.id, Status::Validating, &Changes::default())
+                .await?
+            {
+                return Ok(());
+            }
+            let started = ev.caused(
+                "validation.started",
+                1,
+                json!({"file_id": file.id, "kind": file.kind, "timeout_at": airlock_events::envelope::format_rfc3339(timeout_at)}),
+            );
+            let timeout = started.caused(
+                "processing.timeout",
+                1,
+                json!({"file_id": file.id, "stage": "validation"}),
+            );
+            tx.schedule(&validation_timer(file.id), timeout_at, &timeout)
+                .await?;
+            tx.publish(started).await?;
+            Ok(())
+        })
+    }
+}
+
+/// The outcome of checking a file against its kind.
+#[derive(Debug, PartialEq)]
+pub enum Decision {
+    Pass {
+        detected: String,
+        scan: Value,
+    },
+    Fail {
+        reason: QuarantineReason,
+        detail: String,
+        detected: Option<String>,
+        scan: Option<Value>,
+    },
+}
+
+/// Checks the head of the bytes against the kind's policy: size, active content, allowed types,
+/// agreement of the sniffed type with the declared type and with the extension.
+pub fn decide(file: &FileRecord, kind: &Kind, head: &[u8]) -> Decision {
+    let fail = |reason, detail: String, detected: Option<&str>| Decision::Fail {
+        reason,
+        detail,
+        detected: detected.map(str::to_owned),
+        scan: None,
+    };
+    let bytes = file.bytes.unwrap_or(0) as u64;
+    if bytes > kind.max_bytes {
+        return fail(
+            QuarantineReason::TooLarge,
+            format!(
+                "{bytes} bytes exceed the kind's max_bytes {}",
+                kind.max_bytes
+            ),
+            None,
+        );
+    }
+    let detected =
+        crate::sniff::sniff(head).unwrap_or_else(|| "application/octet-stream".to_owned());
+    if crate::sniff::is_active_content(&detected) && !kind.allows(&detected) {
+        return fail(
+            QuarantineReason::ActiveContent,
+            format!("the bytes are {detected}, which can run code in a browser or on a machine"),
+            Some(&detected),
+        );
+    }
+    if !kind.allows(&detected) {
+        return fail(
+            QuarantineReason::TypeNotAllowed,
+            format!("kind `{}` does not accept {detected}", kind.name),
+            Some(&detected),
+        );
+    }
+    if let Some(declared) = &file.declared_type
+        && !crate::sniff::declared_agrees(declared, &detected)
+    {
+        return fail(
+            QuarantineReason::TypeMismatch,
+            format!("declared {declared}, but the bytes are {detected}"),
+            Some(&detected),
+        );
+    }
+    let ext = crate::names::extension(&file.filename);
+    if !crate::sniff::extension_agrees(ext.as_deref(), &detected) {
+        return fail(
+            QuarantineReason::TypeMismatch,
+            format!(
+                "the extension .{} does not fit {detected}",
+                ext.unwrap_or_default()
+            ),
+            Some(&detected),
+        );
+    }
+    let scan = match kind.scan {
+        ScanPolicy::Off => json!({"engine": "none", "result": "skipped", "signature": null}),
+        ScanPolicy::Optional | ScanPolicy::Required => {
+            json!({"engine": "none", "result": "skipped", "signature": null})
+        }
+    };
+    Decision::Pass { detected, scan }
+}
+
+pub struct Validate(pub App);
+
+impl Handler for Validate {
+    fn handle<'a>(
+        &'a self,
+        ev: &'a Envelope,
+        cx: &'a mut HandlerCtx,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            let app = &self.0;
+            let Some(file) = file_of(app, ev).await? else {
+                return Ok(());
+            };
+            if file.status != Status::Validating {
+                return Ok(());
+            }
+            let decision = match (app.settings.kinds.get(&file.kind), &file.quarantine_key) {
+                (Some(kind), Some(key)) => {
+                    let head = app
+                        .blobs
+                        .read_head(key, SNIFF_BYTES)
+                        .await
+                        .map_err(storage_error)?;
+                    decide(&file, kind, &head)
+                }
+                (None, _) => Decision::Fail {
+                    reason: QuarantineReason::TypeNotAllowed,
+                    detail: format!("kind `{}` is no longer configured", file.kind),
+                    detected: None,
+                    scan: None,
+                },
+                (_, None) => {
+                    return Err(HandlerError::permanent("validating a file without bytes"));
+                }
+            };
+            let tx = cx.tx().await?;
+            if !tx.cancel_timer(&validation_timer(file.id)).await? {
+                tracing::info!(file_id = %file.id, "Validation finished after its timeout; the timeout decides.");
+                return Ok(());
+            }
+            let next = match decision {
+                Decision::Pass { detected, scan } => ev.caused(
+                    "validation.passed",
+                    1,
+                    json!({"file_id": file.id, "kind": file.kind, "detected_type": detected, "bytes": file.bytes, "sha256": file.sha256, "scan": scan}),
+                ),
+                Decision::Fail { reason, detail, detected, scan } => {
+                    let mut p = json!({"file_id": file.id, "kind": file.kind, "reason": reason.code(), "detail": detail, "detected_type": detected});
+                    if let Some(scan) = scan {
+                        p["scan"] = scan;
+                    }
+                    ev.caused("validation.failed", 1, p)
+                }
+            };
+            tx.publish(next).await?;
+            Ok(())
+        })
+    }
+}
+
+pub struct Timeout(pub App);
+
+impl Handler for Timeout {
+    fn handle<'a>(
+        &'a self,
+        ev: &'a Envelope,
+        cx: &'a mut HandlerCtx,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            let Some(file) = file_of(&self.0, ev).await? else {
+                return Ok(());
+            };
+            if file.status != Status::Validating {
+                return Ok(());
+            }
+            let detail = format!(
+                "validation did not finish within {:?}",
+                self.0.settings.validation_timeout
+            );
+            tracing::warn!(file_id = %file.id, "Validation timed out.");
+            cx.tx()
+                .await?
+                .publish(ev.caused(
+                    "validation.failed",
+                    1,
+                    json!({"file_id": file.id, "kind": file.kind, "reason": QuarantineReason::ProcessingTimeout.code(), "detail": detail}),
+                ))
+                .await?;
+            Ok(())
+        })
+    }
+}
