@@ -198,6 +198,51 @@ impl Bus {
         Ok(!existed)
     }
 
+    /// A stored subscription (concurrency and `start_from` are not stored: defaults).
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn subscription(&self, name: &str) -> Result<Option<SubscriptionSpec>, EventError> {
+        let Some(r) = sqlx::query("SELECT * FROM subscriptions WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.inner.pool)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let mut spec = SubscriptionSpec::new(name, &[]);
+        spec.patterns = serde_json::from_str(r.get("patterns"))?;
+        spec.filter = serde_json::from_str(r.get("filter"))?;
+        spec.retry = crate::RetryPolicy {
+            max_attempts: r.get::<i64, _>("max_attempts") as u32,
+            base: Duration::from_millis(r.get::<i64, _>("backoff_base_ms") as u64),
+            cap: Duration::from_millis(r.get::<i64, _>("backoff_cap_ms") as u64),
+        };
+        spec.lease = Duration::from_millis(r.get::<i64, _>("lease_ms") as u64);
+        spec.ordered = r.get("ordered");
+        Ok(Some(spec))
+    }
+
+    /// How many deliveries of a subscription are in each state.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn delivery_counts(&self, name: &str) -> Result<BTreeMap<String, i64>, EventError> {
+        let rows = sqlx::query(
+            "SELECT state, COUNT(*) AS n FROM deliveries WHERE subscription = $1 GROUP BY state",
+        )
+        .bind(name)
+        .fetch_all(&self.inner.pool)
+        .await?;
+        Ok(rows.iter().map(|r| (r.get("state"), r.get("n"))).collect())
+    }
+
+    /// A receiver that changes after every local commit that published events (for live
+    /// streams; other processes' commits are seen by polling).
+    pub fn commits(&self) -> watch::Receiver<u64> {
+        self.inner.wake.subscribe()
+    }
+
     /// Stops fan-out to a subscription (e.g. its webhook answered `410 Gone`); its existing
     /// deliveries stay for inspection.
     ///

@@ -93,6 +93,10 @@ pub async fn run(
         workers = crate::pipeline::start(&app, shutdown.clone()).await?;
         workers.push(app.bus.spawn_timers(shutdown.clone()));
         workers.push(spawn_housekeeping(app.clone(), shutdown.clone()));
+        workers.push(crate::webhooks::spawn_supervisor(
+            app.clone(),
+            shutdown.clone(),
+        ));
     }
     if let (Some(listener), true) = (listener, role != Role::Worker) {
         let router = crate::api::router(app.clone());

@@ -375,11 +375,18 @@ pub async fn transition(
 /// # Errors
 /// Migration failures.
 pub async fn migrate(pool: &sqlx::SqlitePool) -> Result<(), airlock_events::EventError> {
-    airlock_events::db::migrator(&[(
-        1000,
-        "files",
-        include_str!("../migrations/sqlite/1000_files.sql"),
-    )])
+    airlock_events::db::migrator(&[
+        (
+            1000,
+            "files",
+            include_str!("../migrations/sqlite/1000_files.sql"),
+        ),
+        (
+            1001,
+            "webhooks",
+            include_str!("../migrations/sqlite/1001_webhooks.sql"),
+        ),
+    ])
     .run(pool)
     .await?;
     Ok(())

@@ -22,3 +22,4 @@ pub mod range;
 pub mod signing;
 pub mod sniff;
 pub mod trace;
+pub mod webhooks;

@@ -29,6 +29,7 @@ pub fn router() -> Router<App> {
         .route("/v1/files/{id}/complete", post(complete))
         .route("/v1/files/{id}/download", get(download))
         .route("/v1/files/{id}/events", get(file_events))
+        .route("/v1/files/{id}/events/stream", get(file_event_stream))
 }
 
 async fn load(app: &App, tenant: &str, id: &str) -> Result<FileRecord, ApiError> {
@@ -273,4 +274,79 @@ pub async fn file_events(
     Ok(axum::Json(
         json!({"events": with_deliveries(&app, events).await?}),
     ))
+}
+
+struct StreamState {
+    app: App,
+    subject: String,
+    tenant: String,
+    after: i64,
+    commits: tokio::sync::watch::Receiver<u64>,
+    buffer: std::collections::VecDeque<airlock_events::LoggedEvent>,
+}
+
+#[utoipa::path(get, path = "/v1/files/{id}/events/stream", tag = "events", params(("id" = String, Path, description = "file id")),
+    responses((status = 200, description = "Server-Sent Events: the file's events so far, then each new one (`event:` type, `id:` log position; resumes after `Last-Event-ID`)")),
+    security(("api_key" = [])))]
+pub async fn file_event_stream(
+    State(app): State<App>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Result<
+    axum::response::sse::Sse<
+        impl futures::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+    >,
+    ApiError,
+> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let f = load(&app, &tenant, &id).await?;
+    let after = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let state = StreamState {
+        commits: app.bus.commits(),
+        app,
+        subject: f.id.to_string(),
+        tenant,
+        after,
+        buffer: Default::default(),
+    };
+    let stream = futures::stream::unfold(state, |mut s| async move {
+        loop {
+            if let Some(e) = s.buffer.pop_front() {
+                let data = serde_json::to_string(&e.envelope).unwrap_or_default();
+                let ev = Event::default()
+                    .event(e.envelope.versioned_type())
+                    .id(e.seq.to_string())
+                    .data(data);
+                return Some((Ok(ev), s));
+            }
+            s.commits.borrow_and_update();
+            let q = EventQuery {
+                subject: Some(s.subject.clone()),
+                tenant: Some(s.tenant.clone()),
+                after_seq: Some(s.after),
+                limit: 100,
+                ..Default::default()
+            };
+            match s.app.bus.events(&q).await {
+                Ok(events) if !events.is_empty() => {
+                    s.after = events.last().map(|e| e.seq).unwrap_or(s.after);
+                    s.buffer.extend(events);
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "Reading events for a stream failed."),
+            }
+            // Local commits wake the stream at once; other processes' are seen by the poll.
+            tokio::select! {
+                _ = s.commits.changed() => {}
+                () = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+            }
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }

@@ -8,6 +8,7 @@ pub mod blobs;
 pub mod events;
 pub mod files;
 pub mod ops;
+pub mod subscriptions;
 pub mod uploads;
 
 use axum::Router;
@@ -87,10 +88,12 @@ async fn context(mut req: Request, next: Next) -> Response {
     info(title = "Airlock", description = "A self-hosted, event-driven file-upload pipeline."),
     paths(
         uploads::create_upload, blobs::put_bytes, blobs::get_bytes, files::get_file, files::list_files, files::complete,
-        files::download, files::delete_file, files::file_events, events::list_events, events::catalog,
+        files::download, files::delete_file, files::file_events, files::file_event_stream,
+        subscriptions::create, subscriptions::list, subscriptions::show, subscriptions::remove, subscriptions::dead_letters,
+        subscriptions::replay, subscriptions::redrive, subscriptions::discard, events::list_events, events::catalog,
         ops::healthz, ops::readyz, ops::metrics,
     ),
-    components(schemas(uploads::CreateUpload)),
+    components(schemas(uploads::CreateUpload, subscriptions::CreateSubscription)),
     modifiers(&BearerAuth),
 )]
 pub struct ApiDoc;
@@ -116,6 +119,7 @@ pub fn router(app: App) -> Router {
         .merge(files::router())
         .merge(events::router())
         .merge(ops::router())
+        .merge(subscriptions::router())
         .route(
             "/openapi.json",
             axum::routing::get(|| async { axum::Json(ApiDoc::openapi()) }),

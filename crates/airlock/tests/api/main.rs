@@ -1,0 +1,4 @@
+//! Airlock's API test suite: one binary, every test against the real `airlock` binary.
+
+mod helpers;
+mod ops;
