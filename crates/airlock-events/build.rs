@@ -13,8 +13,7 @@ fn main() {
         out.push_str(&format!("    ({rel:?}, include_str!({abs:?})),\n"));
     }
     out.push_str("];\n");
-    let dest =
-        Path::new(&env::var("OUT_DIR").expect("OUT_DIR is set by cargo")).join("catalog_files.rs");
+    let dest = Path::new(&env::var("OUT_DIR").expect("OUT_DIR is set by cargo")).join("catalog_files.rs");
     fs::write(dest, out).expect("write catalog_files.rs");
 }
 
@@ -28,11 +27,7 @@ fn collect(root: &Path, dir: &Path, files: &mut Vec<(String, String)>) {
         if path.is_dir() {
             collect(root, &path, files);
         } else if path.extension().is_some_and(|e| e == "json") {
-            let rel = path
-                .strip_prefix(root)
-                .expect("under root")
-                .to_string_lossy()
-                .replace('\\', "/");
+            let rel = path.strip_prefix(root).expect("under root").to_string_lossy().replace('\\', "/");
             let abs = fs::canonicalize(&path).expect("canonical path");
             files.push((rel, abs.to_string_lossy().into_owned()));
         }

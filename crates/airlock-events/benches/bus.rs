@@ -10,10 +10,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use airlock_events::{
-    Bus, BusOptions, CancellationToken, Envelope, EventContext, Handler, HandlerCtx, HandlerError,
-    SubscriptionSpec,
-};
+use airlock_events::{Bus, BusOptions, CancellationToken, Envelope, EventContext, Handler, HandlerCtx, HandlerError, SubscriptionSpec};
 use serde_json::json;
 
 struct Noop {
@@ -21,11 +18,7 @@ struct Noop {
 }
 
 impl Handler for Noop {
-    fn handle<'a>(
-        &'a self,
-        event: &'a Envelope,
-        _cx: &'a mut HandlerCtx,
-    ) -> airlock_events::BoxFuture<'a, Result<(), HandlerError>> {
+    fn handle<'a>(&'a self, event: &'a Envelope, _cx: &'a mut HandlerCtx) -> airlock_events::BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
             let lat = time::OffsetDateTime::now_utc() - event.created_at;
             if let Ok(mut l) = self.latencies.lock() {
@@ -48,10 +41,7 @@ fn event(n: usize) -> Envelope {
 async fn fresh_bus(dir: &std::path::Path, name: &str) -> Bus {
     Bus::open(
         &format!("sqlite://{}", dir.join(format!("{name}.db")).display()),
-        BusOptions {
-            poll_interval: Duration::from_millis(200),
-            claim_batch: 128,
-        },
+        BusOptions { poll_interval: Duration::from_millis(200), claim_batch: 128 },
     )
     .await
     .expect("bus")
@@ -66,17 +56,12 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let scale: f64 = std::env::var("BENCH_SCALE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1.0);
+    let scale: f64 = std::env::var("BENCH_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1.0);
     let dir = tempfile::tempdir().expect("dir");
 
     // 1. Publish through the outbox, batches of 100.
     let bus = fresh_bus(dir.path(), "publish").await;
-    bus.register(&SubscriptionSpec::new("one", &["processing.*"]))
-        .await
-        .expect("register");
+    bus.register(&SubscriptionSpec::new("one", &["processing.*"])).await.expect("register");
     let n = (50_000.0 * scale) as usize;
     let events: Vec<Envelope> = (0..n).map(event).collect();
     let start = Instant::now();
@@ -93,15 +78,11 @@ async fn main() {
 
     // 2. End-to-end delivery of a backlog to one subscription.
     let stop = CancellationToken::new();
-    let handler = Arc::new(Noop {
-        latencies: Mutex::new(Vec::new()),
-    });
+    let handler = Arc::new(Noop { latencies: Mutex::new(Vec::new()) });
     let mut spec = SubscriptionSpec::new("one", &["processing.*"]);
     spec.concurrency = 16;
     let start = Instant::now();
-    bus.spawn_consumer(spec.clone(), handler.clone(), stop.clone())
-        .await
-        .expect("consumer");
+    bus.spawn_consumer(spec.clone(), handler.clone(), stop.clone()).await.expect("consumer");
     while bus.unfinished().await.expect("count") > 0 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -115,12 +96,8 @@ async fn main() {
     // 3. Latency at a fixed rate of 1,000 events/s, one event per transaction.
     let bus = fresh_bus(dir.path(), "latency").await;
     let stop = CancellationToken::new();
-    let handler = Arc::new(Noop {
-        latencies: Mutex::new(Vec::new()),
-    });
-    bus.spawn_consumer(spec, handler.clone(), stop.clone())
-        .await
-        .expect("consumer");
+    let handler = Arc::new(Noop { latencies: Mutex::new(Vec::new()) });
+    bus.spawn_consumer(spec, handler.clone(), stop.clone()).await.expect("consumer");
     let total = (5_000.0 * scale) as usize;
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -136,11 +113,7 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     stop.cancel();
-    let mut lat = handler
-        .latencies
-        .lock()
-        .map(|l| l.clone())
-        .unwrap_or_default();
+    let mut lat = handler.latencies.lock().map(|l| l.clone()).unwrap_or_default();
     lat.sort();
     println!(
         "latency at {offered:.0} events/s (commit to handler): p50 {:.2?}, p99 {:.2?}, max {:.2?} over {} events (target p99 < 20ms)",

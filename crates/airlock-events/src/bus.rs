@@ -37,10 +37,7 @@ pub struct BusOptions {
 
 impl Default for BusOptions {
     fn default() -> Self {
-        Self {
-            poll_interval: Duration::from_millis(500),
-            claim_batch: 64,
-        }
+        Self { poll_interval: Duration::from_millis(500), claim_batch: 64 }
     }
 }
 
@@ -71,10 +68,7 @@ struct ActiveSub {
 }
 
 pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 impl Bus {
@@ -89,16 +83,7 @@ impl Bus {
     /// A bus validating against another catalog (tests and tools; the binary uses the builtin).
     pub fn with_catalog(pool: SqlitePool, options: BusOptions, catalog: &'static Catalog) -> Bus {
         let (wake, _) = watch::channel(0);
-        Bus {
-            inner: Arc::new(Inner {
-                pool,
-                catalog,
-                wake,
-                subs: Mutex::new((-1, Arc::new(Vec::new()))),
-                options,
-                write: Arc::default(),
-            }),
-        }
+        Bus { inner: Arc::new(Inner { pool, catalog, wake, subs: Mutex::new((-1, Arc::new(Vec::new()))), options, write: Arc::default() }) }
     }
 
     /// Opens the database at `url`, applies the substrate's migrations and returns the bus.
@@ -127,19 +112,11 @@ impl Bus {
     pub async fn begin(&self) -> Result<Tx, EventError> {
         let guard = self.inner.write.clone().lock_owned().await;
         let tx = self.inner.pool.begin_with("BEGIN IMMEDIATE").await?;
-        Ok(Tx {
-            tx,
-            _write: guard,
-            bus: self.clone(),
-            wakes: false,
-        })
+        Ok(Tx { tx, _write: guard, bus: self.clone(), wakes: false })
     }
 
     /// Runs one write statement in a transaction of its own.
-    pub(crate) async fn write(
-        &self,
-        q: sqlx::query::Query<'_, Sqlite, sqlx::sqlite::SqliteArguments>,
-    ) -> Result<u64, EventError> {
+    pub(crate) async fn write(&self, q: sqlx::query::Query<'_, Sqlite, sqlx::sqlite::SqliteArguments>) -> Result<u64, EventError> {
         let mut tx = self.begin().await?;
         let n = q.execute(tx.conn()).await?.rows_affected();
         tx.commit().await?;
@@ -167,11 +144,7 @@ impl Bus {
     /// Database failures.
     pub async fn register(&self, spec: &SubscriptionSpec) -> Result<bool, EventError> {
         let mut tx = self.begin().await?;
-        let existed = sqlx::query("SELECT 1 FROM subscriptions WHERE name = $1")
-            .bind(&spec.name)
-            .fetch_optional(tx.conn())
-            .await?
-            .is_some();
+        let existed = sqlx::query("SELECT 1 FROM subscriptions WHERE name = $1").bind(&spec.name).fetch_optional(tx.conn()).await?.is_some();
         sqlx::query(
             "INSERT INTO subscriptions (name, patterns, filter, max_attempts, backoff_base_ms, backoff_cap_ms, lease_ms, ordered, created_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
@@ -203,11 +176,7 @@ impl Bus {
     /// # Errors
     /// Database failures.
     pub async fn subscription(&self, name: &str) -> Result<Option<SubscriptionSpec>, EventError> {
-        let Some(r) = sqlx::query("SELECT * FROM subscriptions WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&self.inner.pool)
-            .await?
-        else {
+        let Some(r) = sqlx::query("SELECT * FROM subscriptions WHERE name = $1").bind(name).fetch_optional(&self.inner.pool).await? else {
             return Ok(None);
         };
         let mut spec = SubscriptionSpec::new(name, &[]);
@@ -228,12 +197,10 @@ impl Bus {
     /// # Errors
     /// Database failures.
     pub async fn delivery_counts(&self, name: &str) -> Result<BTreeMap<String, i64>, EventError> {
-        let rows = sqlx::query(
-            "SELECT state, COUNT(*) AS n FROM deliveries WHERE subscription = $1 GROUP BY state",
-        )
-        .bind(name)
-        .fetch_all(&self.inner.pool)
-        .await?;
+        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM deliveries WHERE subscription = $1 GROUP BY state")
+            .bind(name)
+            .fetch_all(&self.inner.pool)
+            .await?;
         Ok(rows.iter().map(|r| (r.get("state"), r.get("n"))).collect())
     }
 
@@ -250,13 +217,11 @@ impl Bus {
     /// Database failures.
     pub async fn disable(&self, name: &str) -> Result<(), EventError> {
         let mut tx = self.begin().await?;
-        sqlx::query(
-            "UPDATE subscriptions SET disabled_at = $2 WHERE name = $1 AND disabled_at IS NULL",
-        )
-        .bind(name)
-        .bind(now_ms())
-        .execute(tx.conn())
-        .await?;
+        sqlx::query("UPDATE subscriptions SET disabled_at = $2 WHERE name = $1 AND disabled_at IS NULL")
+            .bind(name)
+            .bind(now_ms())
+            .execute(tx.conn())
+            .await?;
         bump_subscriptions_version(tx.conn()).await?;
         tx.commit().await
     }
@@ -267,12 +232,11 @@ impl Bus {
     /// Database failures.
     pub async fn remove(&self, name: &str) -> Result<bool, EventError> {
         let mut tx = self.begin().await?;
-        let n = sqlx::query("DELETE FROM subscriptions WHERE name = $1")
+        let n = sqlx::query("DELETE FROM subscriptions WHERE name = $1").bind(name).execute(tx.conn()).await?.rows_affected();
+        sqlx::query("DELETE FROM deliveries WHERE subscription = $1 AND state IN ('pending', 'leased', 'dead')")
             .bind(name)
             .execute(tx.conn())
-            .await?
-            .rows_affected();
-        sqlx::query("DELETE FROM deliveries WHERE subscription = $1 AND state IN ('pending', 'leased', 'dead')").bind(name).execute(tx.conn()).await?;
+            .await?;
         bump_subscriptions_version(tx.conn()).await?;
         tx.commit().await?;
         Ok(n > 0)
@@ -283,35 +247,21 @@ impl Bus {
     ///
     /// # Errors
     /// [`EventError::NotFound`] for an unknown subscription; database failures.
-    pub async fn replay(
-        &self,
-        subscription: &str,
-        since: OffsetDateTime,
-    ) -> Result<u64, EventError> {
+    pub async fn replay(&self, subscription: &str, since: OffsetDateTime) -> Result<u64, EventError> {
         let mut tx = self.begin().await?;
         let n = tx.backfill(subscription, since).await?;
         tx.commit().await?;
         Ok(n)
     }
 
-    async fn active_subs(
-        &self,
-        conn: &mut SqliteConnection,
-    ) -> Result<Arc<Vec<ActiveSub>>, EventError> {
-        let version: i64 =
-            sqlx::query_scalar("SELECT value FROM bus_meta WHERE key = 'subscriptions_version'")
-                .fetch_one(&mut *conn)
-                .await?;
+    async fn active_subs(&self, conn: &mut SqliteConnection) -> Result<Arc<Vec<ActiveSub>>, EventError> {
+        let version: i64 = sqlx::query_scalar("SELECT value FROM bus_meta WHERE key = 'subscriptions_version'").fetch_one(&mut *conn).await?;
         if let Ok(cache) = self.inner.subs.lock()
             && cache.0 == version
         {
             return Ok(cache.1.clone());
         }
-        let rows = sqlx::query(
-            "SELECT name, patterns, filter, ordered FROM subscriptions WHERE disabled_at IS NULL",
-        )
-        .fetch_all(&mut *conn)
-        .await?;
+        let rows = sqlx::query("SELECT name, patterns, filter, ordered FROM subscriptions WHERE disabled_at IS NULL").fetch_all(&mut *conn).await?;
         let mut subs = Vec::with_capacity(rows.len());
         for r in rows {
             subs.push(ActiveSub {
@@ -332,11 +282,7 @@ impl Bus {
     ///
     /// # Errors
     /// Database failures.
-    pub async fn dead_letters(
-        &self,
-        subscription: Option<&str>,
-        limit: i64,
-    ) -> Result<Vec<DeadLetter>, EventError> {
+    pub async fn dead_letters(&self, subscription: Option<&str>, limit: i64) -> Result<Vec<DeadLetter>, EventError> {
         let rows = sqlx::query(
             "SELECT d.id, d.subscription, d.event_id, d.attempts, d.last_error, d.updated_at, e.event_type, e.event_version, e.subject, e.tenant
              FROM deliveries d JOIN events e ON e.event_id = d.event_id
@@ -372,7 +318,13 @@ impl Bus {
     /// Database failures.
     pub async fn redrive(&self, id: i64) -> Result<bool, EventError> {
         let n = self
-            .write(sqlx::query("UPDATE deliveries SET state = 'pending', attempts = 0, available_at = $2, updated_at = $2 WHERE id = $1 AND state = 'dead'").bind(id).bind(now_ms()))
+            .write(
+                sqlx::query(
+                    "UPDATE deliveries SET state = 'pending', attempts = 0, available_at = $2, updated_at = $2 WHERE id = $1 AND state = 'dead'",
+                )
+                .bind(id)
+                .bind(now_ms()),
+            )
             .await?;
         self.wake();
         Ok(n > 0)
@@ -399,7 +351,9 @@ impl Bus {
     /// # Errors
     /// Database failures.
     pub async fn discard(&self, id: i64) -> Result<bool, EventError> {
-        let n = self.write(sqlx::query("UPDATE deliveries SET state = 'discarded', updated_at = $2 WHERE id = $1 AND state = 'dead'").bind(id).bind(now_ms())).await?;
+        let n = self
+            .write(sqlx::query("UPDATE deliveries SET state = 'discarded', updated_at = $2 WHERE id = $1 AND state = 'dead'").bind(id).bind(now_ms()))
+            .await?;
         Ok(n > 0)
     }
 
@@ -408,11 +362,7 @@ impl Bus {
     /// # Errors
     /// Database failures.
     pub async fn unfinished(&self) -> Result<i64, EventError> {
-        Ok(sqlx::query_scalar(
-            "SELECT COUNT(*) FROM deliveries WHERE state IN ('pending', 'leased')",
-        )
-        .fetch_one(&self.inner.pool)
-        .await?)
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM deliveries WHERE state IN ('pending', 'leased')").fetch_one(&self.inner.pool).await?)
     }
 
     /// Deletes finished deliveries and idempotency records older than `age` (queue tables must
@@ -423,17 +373,12 @@ impl Bus {
     pub async fn purge_finished(&self, age: Duration) -> Result<u64, EventError> {
         let before = now_ms() - age.as_millis() as i64;
         let mut tx = self.begin().await?;
-        let n = sqlx::query(
-            "DELETE FROM deliveries WHERE state IN ('done', 'discarded') AND updated_at < $1",
-        )
-        .bind(before)
-        .execute(tx.conn())
-        .await?
-        .rows_affected();
-        sqlx::query("DELETE FROM processed WHERE processed_at < $1")
+        let n = sqlx::query("DELETE FROM deliveries WHERE state IN ('done', 'discarded') AND updated_at < $1")
             .bind(before)
             .execute(tx.conn())
-            .await?;
+            .await?
+            .rows_affected();
+        sqlx::query("DELETE FROM processed WHERE processed_at < $1").bind(before).execute(tx.conn()).await?;
         tx.commit().await?;
         Ok(n)
     }
@@ -446,11 +391,12 @@ impl Bus {
     pub async fn fire_due_timers(&self, max: i64) -> Result<usize, EventError> {
         let now = now_ms();
         let mut tx = self.begin().await?;
-        let rows = sqlx::query("DELETE FROM timers WHERE id IN (SELECT id FROM timers WHERE fire_at <= $1 ORDER BY fire_at LIMIT $2) RETURNING event")
-            .bind(now)
-            .bind(max)
-            .fetch_all(tx.conn())
-            .await?;
+        let rows =
+            sqlx::query("DELETE FROM timers WHERE id IN (SELECT id FROM timers WHERE fire_at <= $1 ORDER BY fire_at LIMIT $2) RETURNING event")
+                .bind(now)
+                .bind(max)
+                .fetch_all(tx.conn())
+                .await?;
         if rows.is_empty() {
             tx.rollback().await?;
             return Ok(0);
@@ -470,10 +416,7 @@ impl Bus {
 
     /// How long until the next timer is due (capped by `cap`).
     pub(crate) async fn next_timer_in(&self, cap: Duration) -> Duration {
-        let next: Option<i64> = sqlx::query_scalar("SELECT MIN(fire_at) FROM timers")
-            .fetch_one(&self.inner.pool)
-            .await
-            .unwrap_or(None);
+        let next: Option<i64> = sqlx::query_scalar("SELECT MIN(fire_at) FROM timers").fetch_one(&self.inner.pool).await.unwrap_or(None);
         until(next, cap)
     }
 
@@ -497,26 +440,15 @@ impl Bus {
         .bind(q.limit)
         .fetch_all(&self.inner.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(LoggedEvent {
-                    seq: r.get("seq"),
-                    envelope: envelope_from_row(r)?,
-                })
-            })
-            .collect()
+        rows.iter().map(|r| Ok(LoggedEvent { seq: r.get("seq"), envelope: envelope_from_row(r)? })).collect()
     }
 
     /// Every delivery of the given events (for traces), oldest first.
     ///
     /// # Errors
     /// Database failures.
-    pub async fn deliveries_of(
-        &self,
-        event_ids: &[Uuid],
-    ) -> Result<Vec<DeliveryState>, EventError> {
-        let ids =
-            serde_json::to_string(&event_ids.iter().map(Uuid::to_string).collect::<Vec<_>>())?;
+    pub async fn deliveries_of(&self, event_ids: &[Uuid]) -> Result<Vec<DeliveryState>, EventError> {
+        let ids = serde_json::to_string(&event_ids.iter().map(Uuid::to_string).collect::<Vec<_>>())?;
         let rows = sqlx::query(
             "SELECT id, subscription, event_id, state, attempts, available_at, last_error, updated_at FROM deliveries
              WHERE event_id IN (SELECT value FROM json_each($1)) ORDER BY id",
@@ -643,9 +575,7 @@ pub(crate) fn envelope_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Envelope,
 }
 
 async fn bump_subscriptions_version(conn: &mut SqliteConnection) -> Result<(), EventError> {
-    sqlx::query("UPDATE bus_meta SET value = value + 1 WHERE key = 'subscriptions_version'")
-        .execute(conn)
-        .await?;
+    sqlx::query("UPDATE bus_meta SET value = value + 1 WHERE key = 'subscriptions_version'").execute(conn).await?;
     Ok(())
 }
 
@@ -691,10 +621,7 @@ impl Tx {
             return Ok(());
         }
         for ev in events {
-            self.bus
-                .inner
-                .catalog
-                .validate(&ev.event_type, ev.event_version, &ev.payload)?;
+            self.bus.inner.catalog.validate(&ev.event_type, ev.event_version, &ev.payload)?;
         }
         let rows: Vec<Value> = events
             .iter()
@@ -721,11 +648,7 @@ impl Tx {
         let mut deliveries = Vec::new();
         for ev in events {
             for s in subs.iter().filter(|s| matches(&s.patterns, &s.filter, ev)) {
-                deliveries.push(json!([
-                    s.name,
-                    ev.event_id.to_string(),
-                    s.ordered.then_some(&ev.subject)
-                ]));
+                deliveries.push(json!([s.name, ev.event_id.to_string(), s.ordered.then_some(&ev.subject)]));
             }
         }
         self.insert_deliveries(deliveries).await?;
@@ -751,16 +674,11 @@ impl Tx {
         Ok(n)
     }
 
-    async fn backfill(
-        &mut self,
-        subscription: &str,
-        since: OffsetDateTime,
-    ) -> Result<u64, EventError> {
-        let sub =
-            sqlx::query("SELECT patterns, filter, ordered FROM subscriptions WHERE name = $1")
-                .bind(subscription)
-                .fetch_optional(&mut *self.tx)
-                .await?;
+    async fn backfill(&mut self, subscription: &str, since: OffsetDateTime) -> Result<u64, EventError> {
+        let sub = sqlx::query("SELECT patterns, filter, ordered FROM subscriptions WHERE name = $1")
+            .bind(subscription)
+            .fetch_optional(&mut *self.tx)
+            .await?;
         let Some(sub) = sub else {
             return Err(EventError::NotFound(format!("subscription {subscription}")));
         };
@@ -784,11 +702,7 @@ impl Tx {
             for r in &rows {
                 let ev = envelope_from_row(r)?;
                 if matches(&patterns, &filter, &ev) {
-                    deliveries.push(json!([
-                        subscription,
-                        ev.event_id.to_string(),
-                        ordered.then_some(&ev.subject)
-                    ]));
+                    deliveries.push(json!([subscription, ev.event_id.to_string(), ordered.then_some(&ev.subject)]));
                 }
             }
             total += self.insert_deliveries(deliveries).await?;
@@ -801,16 +715,8 @@ impl Tx {
     ///
     /// # Errors
     /// Catalog and database failures.
-    pub async fn schedule(
-        &mut self,
-        timer_id: &str,
-        at: OffsetDateTime,
-        event: &Envelope,
-    ) -> Result<(), EventError> {
-        self.bus
-            .inner
-            .catalog
-            .validate(&event.event_type, event.event_version, &event.payload)?;
+    pub async fn schedule(&mut self, timer_id: &str, at: OffsetDateTime, event: &Envelope) -> Result<(), EventError> {
+        self.bus.inner.catalog.validate(&event.event_type, event.event_version, &event.payload)?;
         sqlx::query("INSERT INTO timers (id, fire_at, event) VALUES ($1, $2, $3) ON CONFLICT (id) DO UPDATE SET fire_at = excluded.fire_at, event = excluded.event")
             .bind(timer_id)
             .bind((at.unix_timestamp_nanos() / 1_000_000) as i64)
@@ -827,12 +733,7 @@ impl Tx {
     /// # Errors
     /// Database failures.
     pub async fn cancel_timer(&mut self, timer_id: &str) -> Result<bool, EventError> {
-        Ok(sqlx::query("DELETE FROM timers WHERE id = $1")
-            .bind(timer_id)
-            .execute(&mut *self.tx)
-            .await?
-            .rows_affected()
-            > 0)
+        Ok(sqlx::query("DELETE FROM timers WHERE id = $1").bind(timer_id).execute(&mut *self.tx).await?.rows_affected() > 0)
     }
 
     /// Commits, then wakes the workers if events were written.

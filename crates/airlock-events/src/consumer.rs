@@ -29,11 +29,7 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub trait Handler: Send + Sync + 'static {
     /// Handles one delivery. Write effects only through `cx.tx()`; anything else the handler
     /// does must be safe to repeat (delivery is at least once).
-    fn handle<'a>(
-        &'a self,
-        event: &'a Envelope,
-        cx: &'a mut HandlerCtx,
-    ) -> BoxFuture<'a, Result<(), HandlerError>>;
+    fn handle<'a>(&'a self, event: &'a Envelope, cx: &'a mut HandlerCtx) -> BoxFuture<'a, Result<(), HandlerError>>;
 }
 
 /// How a failed delivery is retried.
@@ -57,26 +53,17 @@ pub struct HandlerError {
 impl HandlerError {
     /// A failure that may succeed later.
     pub fn retryable(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            retry: Retry::Backoff,
-        }
+        Self { message: message.into(), retry: Retry::Backoff }
     }
 
     /// A failure that will not: the delivery becomes a dead letter at once.
     pub fn permanent(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            retry: Retry::Never,
-        }
+        Self { message: message.into(), retry: Retry::Never }
     }
 
     /// Retry no sooner than `after`.
     pub fn retry_after(message: impl Into<String>, after: Duration) -> Self {
-        Self {
-            message: message.into(),
-            retry: Retry::After(after),
-        }
+        Self { message: message.into(), retry: Retry::After(after) }
     }
 }
 
@@ -88,11 +75,7 @@ impl std::fmt::Display for HandlerError {
 
 impl From<EventError> for HandlerError {
     fn from(e: EventError) -> Self {
-        if e.is_retryable() {
-            Self::retryable(e.to_string())
-        } else {
-            Self::permanent(e.to_string())
-        }
+        if e.is_retryable() { Self::retryable(e.to_string()) } else { Self::permanent(e.to_string()) }
     }
 }
 
@@ -124,9 +107,7 @@ impl HandlerCtx {
         if self.tx.is_none() {
             self.tx = Some(self.bus.begin().await?);
         }
-        self.tx
-            .as_mut()
-            .ok_or_else(|| EventError::Corrupt("transaction vanished".into()))
+        self.tx.as_mut().ok_or_else(|| EventError::Corrupt("transaction vanished".into()))
     }
 
     pub fn bus(&self) -> &Bus {
@@ -173,13 +154,7 @@ impl Bus {
     ) -> Result<tokio::task::JoinHandle<()>, EventError> {
         self.register(&spec).await?;
         let (finished, rx) = tokio::sync::mpsc::unbounded_channel();
-        let consumer = Arc::new(Consumer {
-            name: Arc::from(spec.name.as_str()),
-            spec,
-            handler,
-            done: Notify::new(),
-            finished,
-        });
+        let consumer = Arc::new(Consumer { name: Arc::from(spec.name.as_str()), spec, handler, done: Notify::new(), finished });
         let bus = self.clone();
         let completer = tokio::spawn(bus.clone().complete_batches(consumer.clone(), rx));
         Ok(tokio::spawn(async move {
@@ -191,11 +166,7 @@ impl Bus {
     /// Records finished deliveries as processed and done, many per transaction. If a batch
     /// fails, its deliveries stay leased and are redelivered when the lease runs out (and then
     /// recognised as unprocessed: nothing was recorded).
-    async fn complete_batches(
-        self,
-        c: Arc<Consumer>,
-        mut rx: tokio::sync::mpsc::UnboundedReceiver<Finished>,
-    ) {
+    async fn complete_batches(self, c: Arc<Consumer>, mut rx: tokio::sync::mpsc::UnboundedReceiver<Finished>) {
         let mut batch = Vec::new();
         while rx.recv_many(&mut batch, 512).await > 0 {
             let ids: Vec<i64> = batch.iter().map(|f| f.id).collect();
@@ -262,10 +233,7 @@ impl Bus {
             let mut wait = self.inner.options.poll_interval;
             // Claim when at least half the slots are free (or all are): one claim per several
             // deliveries instead of one per completion.
-            if free > 0
-                && (free * 2 >= concurrency
-                    || free == slots.available_permits() && tasks.is_empty())
-            {
+            if free > 0 && (free * 2 >= concurrency || free == slots.available_permits() && tasks.is_empty()) {
                 wake.borrow_and_update();
                 match self.claim(&c, free).await {
                     Ok(claimed) => {
@@ -389,29 +357,17 @@ impl Bus {
     async fn run_handler(&self, c: &Consumer, d: &Claimed) -> Result<(), HandlerError> {
         if d.seen {
             tracing::debug!("Duplicate delivery acknowledged without running the handler.");
-            let _ = c.finished.send(Finished {
-                id: d.id,
-                event_id: d.event.event_id.to_string(),
-            });
+            let _ = c.finished.send(Finished { id: d.id, event_id: d.event.event_id.to_string() });
             return Ok(());
         }
         let keeper = self.keep_lease(d.id, c.spec.lease);
-        let mut cx = HandlerCtx {
-            bus: self.clone(),
-            tx: None,
-            subscription: c.name.clone(),
-            attempt: d.attempts,
-            delivery_id: d.id,
-        };
+        let mut cx = HandlerCtx { bus: self.clone(), tx: None, subscription: c.name.clone(), attempt: d.attempts, delivery_id: d.id };
         let result = c.handler.handle(&d.event, &mut cx).await;
         keeper.abort();
         result?;
         let Some(mut tx) = cx.tx.take() else {
             // No effects to commit with: complete in the next batch.
-            let _ = c.finished.send(Finished {
-                id: d.id,
-                event_id: d.event.event_id.to_string(),
-            });
+            let _ = c.finished.send(Finished { id: d.id, event_id: d.event.event_id.to_string() });
             return Ok(());
         };
         let fresh = sqlx::query("INSERT INTO processed (subscription, event_id, processed_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
@@ -446,7 +402,8 @@ impl Bus {
             loop {
                 tick.tick().await;
                 let until = now_ms() + lease.as_millis() as i64;
-                let r = bus.write(sqlx::query("UPDATE deliveries SET lease_until = $2 WHERE id = $1 AND state = 'leased'").bind(id).bind(until)).await;
+                let r =
+                    bus.write(sqlx::query("UPDATE deliveries SET lease_until = $2 WHERE id = $1 AND state = 'leased'").bind(id).bind(until)).await;
                 if let Err(e) = r {
                     tracing::warn!(delivery = id, error = %e, "Extending a lease failed.");
                 }
@@ -455,7 +412,8 @@ impl Bus {
     }
 
     async fn mark_done(&self, id: i64) -> Result<(), EventError> {
-        self.write(sqlx::query("UPDATE deliveries SET state = 'done', lease_until = NULL, updated_at = $2 WHERE id = $1").bind(id).bind(now_ms())).await?;
+        self.write(sqlx::query("UPDATE deliveries SET state = 'done', lease_until = NULL, updated_at = $2 WHERE id = $1").bind(id).bind(now_ms()))
+            .await?;
         Ok(())
     }
 

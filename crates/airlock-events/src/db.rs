@@ -9,9 +9,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 use crate::EventError;
 
@@ -25,10 +23,7 @@ use crate::EventError;
 /// # Errors
 /// A malformed URL or an unopenable file.
 pub async fn open_sqlite(url: &str) -> Result<SqlitePool, EventError> {
-    let mut opts = SqliteConnectOptions::from_str(url)?
-        .create_if_missing(true)
-        .busy_timeout(Duration::from_secs(30))
-        .foreign_keys(true);
+    let mut opts = SqliteConnectOptions::from_str(url)?.create_if_missing(true).busy_timeout(Duration::from_secs(30)).foreign_keys(true);
     if !url.contains("synchronous=") {
         opts = opts.synchronous(SqliteSynchronous::Normal);
     }
@@ -37,16 +32,10 @@ pub async fn open_sqlite(url: &str) -> Result<SqlitePool, EventError> {
         if let Some(parent) = Path::new(opts.get_filename()).parent()
             && !parent.as_os_str().is_empty()
         {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| EventError::Config(format!("creating {}: {e}", parent.display())))?;
+            std::fs::create_dir_all(parent).map_err(|e| EventError::Config(format!("creating {}: {e}", parent.display())))?;
         }
     }
-    let pool = SqlitePoolOptions::new()
-        .max_connections(8)
-        .min_connections(1)
-        .acquire_timeout(Duration::from_secs(60))
-        .connect_with(opts)
-        .await?;
+    let pool = SqlitePoolOptions::new().max_connections(8).min_connections(1).acquire_timeout(Duration::from_secs(60)).connect_with(opts).await?;
     Ok(pool)
 }
 
@@ -55,15 +44,7 @@ pub async fn open_sqlite(url: &str) -> Result<SqlitePool, EventError> {
 pub fn migrator(migrations: &[(i64, &'static str, &'static str)]) -> Migrator {
     let list = migrations
         .iter()
-        .map(|(v, d, sql)| {
-            Migration::new(
-                *v,
-                Cow::Borrowed(*d),
-                MigrationType::Simple,
-                sqlx::SqlSafeStr::into_sql_str(*sql),
-                false,
-            )
-        })
+        .map(|(v, d, sql)| Migration::new(*v, Cow::Borrowed(*d), MigrationType::Simple, sqlx::SqlSafeStr::into_sql_str(*sql), false))
         .collect();
     let mut m = Migrator::with_migrations(list);
     m.set_ignore_missing(true);
@@ -75,12 +56,6 @@ pub fn migrator(migrations: &[(i64, &'static str, &'static str)]) -> Migrator {
 /// # Errors
 /// A failed or checksum-mismatched migration.
 pub async fn migrate(pool: &SqlitePool) -> Result<(), EventError> {
-    migrator(&[(
-        1,
-        "events",
-        include_str!("../migrations/sqlite/0001_events.sql"),
-    )])
-    .run(pool)
-    .await?;
+    migrator(&[(1, "events", include_str!("../migrations/sqlite/0001_events.sql"))]).run(pool).await?;
     Ok(())
 }

@@ -46,27 +46,12 @@ pub struct EventContext {
 
 impl EventContext {
     /// The context of a chain's root event (a request).
-    pub fn root(
-        tenant: impl Into<String>,
-        correlation_id: impl Into<String>,
-        traceparent: Option<String>,
-    ) -> Self {
-        Self {
-            correlation_id: correlation_id.into(),
-            causation_id: None,
-            traceparent,
-            tenant: tenant.into(),
-        }
+    pub fn root(tenant: impl Into<String>, correlation_id: impl Into<String>, traceparent: Option<String>) -> Self {
+        Self { correlation_id: correlation_id.into(), causation_id: None, traceparent, tenant: tenant.into() }
     }
 
     /// A new event of `event_type` version `version` about `subject`, in this context.
-    pub fn event(
-        &self,
-        event_type: &str,
-        version: u32,
-        subject: impl Into<String>,
-        payload: Value,
-    ) -> Envelope {
+    pub fn event(&self, event_type: &str, version: u32, subject: impl Into<String>, payload: Value) -> Envelope {
         Envelope {
             event_id: Uuid::now_v7(),
             event_type: event_type.to_owned(),
@@ -96,8 +81,7 @@ impl Envelope {
 
     /// A new event caused by this one (same chain, same subject unless changed).
     pub fn caused(&self, event_type: &str, version: u32, payload: Value) -> Envelope {
-        self.context()
-            .event(event_type, version, self.subject.clone(), payload)
+        self.context().event(event_type, version, self.subject.clone(), payload)
     }
 
     /// `<event_type>.v<version>`, the CloudEvents `type` and the catalog key.
@@ -137,25 +121,18 @@ impl Envelope {
     /// # Errors
     /// A message naming the missing or malformed attribute.
     pub fn from_cloudevent(ce: &Value) -> Result<Envelope, String> {
-        let s = |k: &str| {
-            ce.get(k)
-                .and_then(Value::as_str)
-                .ok_or_else(|| format!("missing or non-string attribute `{k}`"))
-        };
+        let s = |k: &str| ce.get(k).and_then(Value::as_str).ok_or_else(|| format!("missing or non-string attribute `{k}`"));
         if s("specversion")? != "1.0" {
             return Err("specversion must be 1.0".into());
         }
         let ty = s("type")?;
-        let (event_type, version) =
-            split_versioned_type(ty).ok_or_else(|| format!("type `{ty}` is not `<name>.v<N>`"))?;
+        let (event_type, version) = split_versioned_type(ty).ok_or_else(|| format!("type `{ty}` is not `<name>.v<N>`"))?;
         let event_id = Uuid::parse_str(s("id")?).map_err(|e| format!("id: {e}"))?;
         let causation_id = match ce.get("causationid").and_then(Value::as_str) {
             Some(c) => Some(Uuid::parse_str(c).map_err(|e| format!("causationid: {e}"))?),
             None => None,
         };
-        let created_at =
-            OffsetDateTime::parse(s("time")?, &time::format_description::well_known::Rfc3339)
-                .map_err(|e| format!("time: {e}"))?;
+        let created_at = OffsetDateTime::parse(s("time")?, &time::format_description::well_known::Rfc3339).map_err(|e| format!("time: {e}"))?;
         Ok(Envelope {
             event_id,
             event_type: event_type.to_owned(),
@@ -166,10 +143,7 @@ impl Envelope {
             source: s("source")?.to_owned(),
             subject: s("subject")?.to_owned(),
             tenant: s("tenant")?.to_owned(),
-            traceparent: ce
-                .get("traceparent")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
+            traceparent: ce.get("traceparent").and_then(Value::as_str).map(str::to_owned),
             payload: ce.get("data").cloned().unwrap_or(Value::Null),
         })
     }
@@ -191,8 +165,7 @@ pub fn now_utc() -> OffsetDateTime {
 
 /// RFC 3339 with a `Z` suffix.
 pub fn format_rfc3339(t: OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
 }
 
 pub(crate) fn to_micros(t: OffsetDateTime) -> i64 {
@@ -200,8 +173,7 @@ pub(crate) fn to_micros(t: OffsetDateTime) -> i64 {
 }
 
 pub(crate) fn from_micros(us: i64) -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1_000)
-        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1_000).unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
 #[cfg(test)]
@@ -211,11 +183,7 @@ mod tests {
 
     #[test]
     fn cloudevents_mapping_is_lossless() {
-        let root = EventContext::root(
-            "acme",
-            "corr-1",
-            Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
-        );
+        let root = EventContext::root("acme", "corr-1", Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()));
         let first = root.event("file.uploaded", 1, "f1", json!({"a": 1}));
         let second = first.caused("file.promoted", 1, json!({"nested": {"x": [1, 2]}}));
         for ev in [first, second] {
@@ -239,10 +207,7 @@ mod tests {
 
     #[test]
     fn versioned_types_split_at_the_last_v() {
-        assert_eq!(
-            split_versioned_type("file.variant.generated.v12"),
-            Some(("file.variant.generated", 12))
-        );
+        assert_eq!(split_versioned_type("file.variant.generated.v12"), Some(("file.variant.generated", 12)));
         assert_eq!(split_versioned_type("file.promoted"), None);
         assert_eq!(split_versioned_type(".v1"), None);
     }
@@ -251,18 +216,8 @@ mod tests {
     fn envelope_json_has_the_contract_fields() {
         let ev = EventContext::root("t", "c", None).event("file.deleted", 1, "s", json!({}));
         let v = serde_json::to_value(&ev).expect("serializes");
-        for k in [
-            "event_id",
-            "event_type",
-            "event_version",
-            "correlation_id",
-            "causation_id",
-            "created_at",
-            "source",
-            "subject",
-            "tenant",
-            "payload",
-        ] {
+        for k in ["event_id", "event_type", "event_version", "correlation_id", "causation_id", "created_at", "source", "subject", "tenant", "payload"]
+        {
             assert!(v.get(k).is_some(), "missing {k}");
         }
     }

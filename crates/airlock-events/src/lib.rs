@@ -39,12 +39,7 @@ pub enum EventError {
     #[error("unknown event type {0} (not in the catalog)")]
     UnknownType(String),
     #[error("invalid payload for {event} at `{field}`: {message} (schema {schema})")]
-    InvalidPayload {
-        event: String,
-        schema: String,
-        field: String,
-        message: String,
-    },
+    InvalidPayload { event: String, schema: String, field: String, message: String },
     #[error("event catalog: {0}")]
     Catalog(String),
     #[error("not found: {0}")]

@@ -36,11 +36,7 @@ pub struct SubscriptionSpec {
     pub concurrency: usize,
     /// When the subscription is first created, deliver the events published since this time
     /// (a backfill); `None` starts from now.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "time::serde::rfc3339::option"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
     pub start_from: Option<OffsetDateTime>,
 }
 
@@ -65,11 +61,7 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        Self {
-            max_attempts: 8,
-            base: Duration::from_millis(500),
-            cap: Duration::from_secs(300),
-        }
+        Self { max_attempts: 8, base: Duration::from_millis(500), cap: Duration::from_secs(300) }
     }
 }
 
@@ -107,10 +99,7 @@ impl SubscriptionSpec {
 
 /// Does an event match type patterns and attribute filters?
 pub fn matches(patterns: &[String], filter: &BTreeMap<String, Value>, ev: &Envelope) -> bool {
-    patterns
-        .iter()
-        .any(|p| pattern_matches(p, &ev.event_type, ev.event_version))
-        && filter_matches(filter, ev)
+    patterns.iter().any(|p| pattern_matches(p, &ev.event_type, ev.event_version)) && filter_matches(filter, ev)
 }
 
 /// `*` matches all; `ctx.*` every type under `ctx.`; `name.vN` one version; `name` all versions.
@@ -119,9 +108,7 @@ pub fn pattern_matches(pattern: &str, event_type: &str, version: u32) -> bool {
         return true;
     }
     if let Some(prefix) = pattern.strip_suffix(".*") {
-        return event_type.len() > prefix.len()
-            && event_type.starts_with(prefix)
-            && event_type.as_bytes()[prefix.len()] == b'.';
+        return event_type.len() > prefix.len() && event_type.starts_with(prefix) && event_type.as_bytes()[prefix.len()] == b'.';
     }
     if let Some((name, v)) = crate::envelope::split_versioned_type(pattern)
         && name == event_type
@@ -181,17 +168,11 @@ mod tests {
 
     #[test]
     fn filters_test_envelope_attributes_and_payload_fields() {
-        let ev = EventContext::root("acme", "c", None).event(
-            "file.promoted",
-            1,
-            "f1",
-            json!({"kind": "kyc_doc"}),
-        );
+        let ev = EventContext::root("acme", "c", None).event("file.promoted", 1, "f1", json!({"kind": "kyc_doc"}));
         let mut spec = SubscriptionSpec::new("s", &["file.*"]);
         assert!(spec.matches(&ev));
         spec.filter.insert("kind".into(), json!("kyc_doc"));
-        spec.filter
-            .insert("tenant".into(), json!(["other", "acme"]));
+        spec.filter.insert("tenant".into(), json!(["other", "acme"]));
         assert!(spec.matches(&ev));
         spec.filter.insert("kind".into(), json!("avatar"));
         assert!(!spec.matches(&ev));
@@ -202,27 +183,14 @@ mod tests {
 
     #[test]
     fn backoff_grows_exponentially_with_jitter_and_a_cap() {
-        let p = RetryPolicy {
-            max_attempts: 10,
-            base: Duration::from_millis(100),
-            cap: Duration::from_secs(1),
-        };
+        let p = RetryPolicy { max_attempts: 10, base: Duration::from_millis(100), cap: Duration::from_secs(1) };
         for _ in 0..100 {
             let d1 = p.backoff(1);
-            assert!(
-                d1 >= Duration::from_millis(50) && d1 <= Duration::from_millis(100),
-                "{d1:?}"
-            );
+            assert!(d1 >= Duration::from_millis(50) && d1 <= Duration::from_millis(100), "{d1:?}");
             let d3 = p.backoff(3);
-            assert!(
-                d3 >= Duration::from_millis(200) && d3 <= Duration::from_millis(400),
-                "{d3:?}"
-            );
+            assert!(d3 >= Duration::from_millis(200) && d3 <= Duration::from_millis(400), "{d3:?}");
             let d20 = p.backoff(20);
-            assert!(
-                d20 >= Duration::from_millis(500) && d20 <= Duration::from_secs(1),
-                "{d20:?}"
-            );
+            assert!(d20 >= Duration::from_millis(500) && d20 <= Duration::from_secs(1), "{d20:?}");
         }
     }
 }

@@ -17,6 +17,8 @@ pub struct AppState {
     pub bus: Bus,
     pub blobs: Blobs,
     pub signer: UrlSigner,
+    /// The virus scanner, when `AIRLOCK_CLAMD` is set.
+    pub scanner: Option<crate::scanner::Scanner>,
     /// SHA-256 (hex) of `AIRLOCK_BOOTSTRAP_API_KEY`, accepted as tenant `default`.
     pub bootstrap_key_hash: Option<String>,
 }
@@ -43,17 +45,14 @@ pub async fn open(settings: Settings) -> anyhow::Result<App> {
         );
     }
     if !settings.database_url.starts_with("sqlite:") {
-        anyhow::bail!(
-            "AIRLOCK_DATABASE_URL: only sqlite:// is supported in this build (PostgreSQL is planned behind the same interface)"
-        );
+        anyhow::bail!("AIRLOCK_DATABASE_URL: only sqlite:// is supported in this build (PostgreSQL is planned behind the same interface)");
     }
     if let Some(path) = settings.database_url.strip_prefix("sqlite://") {
         let path = path.split('?').next().unwrap_or(path);
         if let Some(parent) = std::path::Path::new(path).parent()
             && !parent.as_os_str().is_empty()
         {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| anyhow::anyhow!("creating {}: {e}", parent.display()))?;
+            std::fs::create_dir_all(parent).map_err(|e| anyhow::anyhow!("creating {}: {e}", parent.display()))?;
         }
     }
     let pool = airlock_events::db::open_sqlite(&settings.database_url).await?;
@@ -65,45 +64,32 @@ pub async fn open(settings: Settings) -> anyhow::Result<App> {
         Some(s) => s.clone(),
         None => crate::auth::stored_secret(bus.pool(), "signing_secret").await?,
     };
-    let bootstrap_key_hash = settings
-        .bootstrap_api_key
+    let bootstrap_key_hash = settings.bootstrap_api_key.as_deref().map(crate::auth::hash_key);
+    let scanner = settings
+        .clamd
         .as_deref()
-        .map(crate::auth::hash_key);
-    Ok(Arc::new(AppState {
-        signer: UrlSigner::new(secret.as_bytes()),
-        settings,
-        bus,
-        blobs,
-        bootstrap_key_hash,
-    }))
+        .map(|url| crate::scanner::Scanner::from_url(url, 4, Duration::from_secs(120)))
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    Ok(Arc::new(AppState { signer: UrlSigner::new(secret.as_bytes()), settings, bus, blobs, bootstrap_key_hash, scanner }))
 }
 
 /// Runs the service on `listener` until `shutdown`: the API, the workers, or both.
 ///
 /// # Errors
 /// Server failures.
-pub async fn run(
-    app: App,
-    listener: Option<TcpListener>,
-    role: Role,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+pub async fn run(app: App, listener: Option<TcpListener>, role: Role, shutdown: CancellationToken) -> anyhow::Result<()> {
     let mut workers = Vec::new();
     if role != Role::Api {
         workers = crate::pipeline::start(&app, shutdown.clone()).await?;
         workers.push(app.bus.spawn_timers(shutdown.clone()));
         workers.push(spawn_housekeeping(app.clone(), shutdown.clone()));
-        workers.push(crate::webhooks::spawn_supervisor(
-            app.clone(),
-            shutdown.clone(),
-        ));
+        workers.push(crate::webhooks::spawn_supervisor(app.clone(), shutdown.clone()));
     }
     if let (Some(listener), true) = (listener, role != Role::Worker) {
         let router = crate::api::router(app.clone());
         let stop = shutdown.clone();
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await?;
+        axum::serve(listener, router).with_graceful_shutdown(async move { stop.cancelled().await }).await?;
     } else {
         shutdown.cancelled().await;
     }

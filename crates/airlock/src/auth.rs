@@ -33,10 +33,7 @@ pub fn random_token() -> Result<String, getrandom::Error> {
 /// A tenant name: lowercase letters, digits, `_` and `-`, 1–64 characters (it becomes part of
 /// object keys).
 pub fn valid_tenant(t: &str) -> bool {
-    !t.is_empty()
-        && t.len() <= 64
-        && t.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    !t.is_empty() && t.len() <= 64 && t.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 /// Creates an API key for `tenant`; returns `(id, key)`. The key is not stored and cannot be
@@ -44,27 +41,18 @@ pub fn valid_tenant(t: &str) -> bool {
 ///
 /// # Errors
 /// Database failures or an invalid tenant name.
-pub async fn create_key(
-    pool: &SqlitePool,
-    tenant: &str,
-    name: Option<&str>,
-) -> anyhow::Result<(String, String)> {
-    anyhow::ensure!(
-        valid_tenant(tenant),
-        "tenant `{tenant}`: use 1-64 lowercase letters, digits, '_' or '-'"
-    );
+pub async fn create_key(pool: &SqlitePool, tenant: &str, name: Option<&str>) -> anyhow::Result<(String, String)> {
+    anyhow::ensure!(valid_tenant(tenant), "tenant `{tenant}`: use 1-64 lowercase letters, digits, '_' or '-'");
     let key = format!("ak_{}", random_token()?);
     let id = uuid::Uuid::now_v7().to_string();
-    sqlx::query(
-        "INSERT INTO api_keys (id, tenant, name, key_hash, created_at) VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(&id)
-    .bind(tenant)
-    .bind(name)
-    .bind(hash_key(&key))
-    .bind(crate::files::ms(time::OffsetDateTime::now_utc()))
-    .execute(pool)
-    .await?;
+    sqlx::query("INSERT INTO api_keys (id, tenant, name, key_hash, created_at) VALUES ($1, $2, $3, $4, $5)")
+        .bind(&id)
+        .bind(tenant)
+        .bind(name)
+        .bind(hash_key(&key))
+        .bind(crate::files::ms(time::OffsetDateTime::now_utc()))
+        .execute(pool)
+        .await?;
     Ok((id, key))
 }
 
@@ -88,45 +76,26 @@ pub async fn revoke_key(pool: &SqlitePool, id: &str) -> anyhow::Result<bool> {
 /// Database failures.
 pub async fn stored_secret(pool: &SqlitePool, name: &str) -> anyhow::Result<String> {
     let fresh = random_token()?;
-    sqlx::query("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
-        .bind(name)
-        .bind(&fresh)
-        .execute(pool)
-        .await?;
-    Ok(
-        sqlx::query_scalar("SELECT value FROM settings WHERE key = $1")
-            .bind(name)
-            .fetch_one(pool)
-            .await?,
-    )
+    sqlx::query("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING").bind(name).bind(&fresh).execute(pool).await?;
+    Ok(sqlx::query_scalar("SELECT value FROM settings WHERE key = $1").bind(name).fetch_one(pool).await?)
 }
 
 impl FromRequestParts<App> for Tenant {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(ApiError::unauthorized)?;
-        let key = header
-            .strip_prefix("Bearer ")
-            .map(str::trim)
-            .filter(|k| !k.is_empty())
-            .ok_or_else(ApiError::unauthorized)?;
+        let header = parts.headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).ok_or_else(ApiError::unauthorized)?;
+        let key = header.strip_prefix("Bearer ").map(str::trim).filter(|k| !k.is_empty()).ok_or_else(ApiError::unauthorized)?;
         let hash = hash_key(key);
         if let Some(boot) = &app.bootstrap_key_hash
             && constant_time_eq(boot.as_bytes(), hash.as_bytes())
         {
             return Ok(Tenant("default".into()));
         }
-        let tenant: Option<String> = sqlx::query_scalar(
-            "SELECT tenant FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
-        )
-        .bind(&hash)
-        .fetch_optional(app.bus.pool())
-        .await?;
+        let tenant: Option<String> = sqlx::query_scalar("SELECT tenant FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL")
+            .bind(&hash)
+            .fetch_optional(app.bus.pool())
+            .await?;
         tenant.map(Tenant).ok_or_else(ApiError::unauthorized)
     }
 }

@@ -67,23 +67,13 @@ impl Blobs {
     pub fn from_url(url: &str) -> Result<Blobs, String> {
         if let Some(dir) = url.strip_prefix("file://") {
             std::fs::create_dir_all(dir).map_err(|e| format!("creating {dir}: {e}"))?;
-            let store = object_store::local::LocalFileSystem::new_with_prefix(dir)
-                .map_err(|e| format!("{dir}: {e}"))?
-                .with_automatic_cleanup(true);
-            return Ok(Blobs {
-                store: Arc::new(store),
-                description: format!("local files at {dir}"),
-            });
+            let store = object_store::local::LocalFileSystem::new_with_prefix(dir).map_err(|e| format!("{dir}: {e}"))?.with_automatic_cleanup(true);
+            return Ok(Blobs { store: Arc::new(store), description: format!("local files at {dir}") });
         }
         if url.starts_with("memory://") {
-            return Ok(Blobs {
-                store: Arc::new(object_store::memory::InMemory::new()),
-                description: "memory".into(),
-            });
+            return Ok(Blobs { store: Arc::new(object_store::memory::InMemory::new()), description: "memory".into() });
         }
-        Err(format!(
-            "storage URL `{url}`: only file:// is supported in this build (S3 is planned behind the same interface)"
-        ))
+        Err(format!("storage URL `{url}`: only file:// is supported in this build (S3 is planned behind the same interface)"))
     }
 
     pub fn describe(&self) -> &str {
@@ -95,12 +85,7 @@ impl Blobs {
     ///
     /// # Errors
     /// [`WriteError`].
-    pub async fn write_stream<S, E>(
-        &self,
-        key: &str,
-        body: S,
-        limit: u64,
-    ) -> Result<Written, WriteError>
+    pub async fn write_stream<S, E>(&self, key: &str, body: S, limit: u64) -> Result<Written, WriteError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
@@ -127,10 +112,7 @@ impl Blobs {
         match outcome {
             Ok(()) => {
                 writer.finish().await?;
-                Ok(Written {
-                    bytes: total,
-                    sha256: hex::encode(hasher.finalize()),
-                })
+                Ok(Written { bytes: total, sha256: hex::encode(hasher.finalize()) })
             }
             Err(e) => {
                 if let Err(abort) = writer.abort().await {
@@ -173,19 +155,9 @@ impl Blobs {
         &self,
         key: &str,
         range: Option<(u64, u64)>,
-    ) -> Result<
-        impl Stream<Item = Result<Bytes, object_store::Error>> + Send + use<>,
-        object_store::Error,
-    > {
-        let opts = GetOptions {
-            range: range.map(|(s, e)| GetRange::Bounded(s..e + 1)),
-            ..Default::default()
-        };
-        Ok(self
-            .store
-            .get_opts(&Path::from(key), opts)
-            .await?
-            .into_stream())
+    ) -> Result<impl Stream<Item = Result<Bytes, object_store::Error>> + Send + use<>, object_store::Error> {
+        let opts = GetOptions { range: range.map(|(s, e)| GetRange::Bounded(s..e + 1)), ..Default::default() };
+        Ok(self.store.get_opts(&Path::from(key), opts).await?.into_stream())
     }
 
     /// Moves an object. Idempotent: if `from` is gone and `to` exists, it already moved.
@@ -203,16 +175,34 @@ impl Blobs {
         }
     }
 
+    /// Reads a whole object, refusing ones larger than `max` (for in-memory processing of
+    /// bounded formats such as images). `Ok(None)` when it is larger.
+    ///
+    /// # Errors
+    /// Store failures.
+    pub async fn read_all(&self, key: &str, max: u64) -> Result<Option<Bytes>, object_store::Error> {
+        let size = self.store.head(&Path::from(key)).await?.size;
+        if size > max {
+            return Ok(None);
+        }
+        Ok(Some(self.store.get(&Path::from(key)).await?.bytes().await?))
+    }
+
+    /// Writes a whole (small) object.
+    ///
+    /// # Errors
+    /// Store failures.
+    pub async fn put(&self, key: &str, bytes: Bytes) -> Result<(), object_store::Error> {
+        self.store.put(&Path::from(key), bytes.into()).await?;
+        Ok(())
+    }
+
     /// Deletes every object under `prefix`; returns how many.
     ///
     /// # Errors
     /// Store failures.
     pub async fn delete_prefix(&self, prefix: &str) -> Result<u64, object_store::Error> {
-        let metas: Vec<_> = self
-            .store
-            .list(Some(&Path::from(prefix)))
-            .try_collect()
-            .await?;
+        let metas: Vec<_> = self.store.list(Some(&Path::from(prefix))).try_collect().await?;
         let mut n = 0;
         for m in metas {
             match self.store.delete(&m.location).await {
@@ -242,9 +232,7 @@ impl Blobs {
     /// Store failures.
     pub async fn probe(&self) -> Result<(), object_store::Error> {
         let key = Path::from("_probe/ready");
-        self.store
-            .put(&key, Bytes::from_static(b"ok").into())
-            .await?;
+        self.store.put(&key, Bytes::from_static(b"ok").into()).await?;
         self.store.head(&key).await?;
         Ok(())
     }

@@ -39,6 +39,10 @@ struct KindFile {
     variants: Vec<Variant>,
     upload_ttl: Option<String>,
     retention: Option<String>,
+    /// Largest image, in pixels (width × height), checked from the header before decoding.
+    max_pixels: Option<u64>,
+    /// Largest image side, in pixels.
+    max_dimension: Option<u32>,
 }
 
 /// Whether a kind's files must be virus-scanned.
@@ -89,6 +93,8 @@ pub struct Kind {
     pub upload_ttl: Duration,
     #[serde(with = "opt_secs")]
     pub retention: Option<Duration>,
+    pub max_pixels: u64,
+    pub max_dimension: u32,
 }
 
 impl Kind {
@@ -103,7 +109,14 @@ impl Kind {
             variants: Vec::new(),
             upload_ttl: Duration::from_secs(3600),
             retention: None,
+            max_pixels: 40_000_000,
+            max_dimension: 10_000,
         }
+    }
+
+    /// The image limits of this kind.
+    pub fn image_limits(&self) -> crate::images::ImageLimits {
+        crate::images::ImageLimits { max_pixels: self.max_pixels, max_side: self.max_dimension, ..Default::default() }
     }
 
     /// Does the policy allow files of (normalised) type `mime`?
@@ -146,17 +159,10 @@ impl Settings {
     /// An unreadable or invalid file (unknown keys are named), invalid values, or a policy that
     /// cannot be honoured (e.g. `scan = "required"` without a scanner).
     pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
-        let env: BTreeMap<String, String> = std::env::vars()
-            .filter(|(k, _)| k.starts_with("AIRLOCK_"))
-            .collect();
-        let file = file
-            .map(Path::to_path_buf)
-            .or_else(|| env.get("AIRLOCK_CONFIG").map(PathBuf::from));
+        let env: BTreeMap<String, String> = std::env::vars().filter(|(k, _)| k.starts_with("AIRLOCK_")).collect();
+        let file = file.map(Path::to_path_buf).or_else(|| env.get("AIRLOCK_CONFIG").map(PathBuf::from));
         let text = match &file {
-            Some(path) => Some(
-                std::fs::read_to_string(path)
-                    .map_err(|e| ConfigError(format!("reading {}: {e}", path.display())))?,
-            ),
+            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| ConfigError(format!("reading {}: {e}", path.display())))?),
             None => None,
         };
         Settings::from_parts(text.as_deref(), file.as_deref(), &env)
@@ -166,79 +172,41 @@ impl Settings {
     ///
     /// # Errors
     /// See [`Settings::load`].
-    pub fn from_parts(
-        text: Option<&str>,
-        path: Option<&Path>,
-        env: &BTreeMap<String, String>,
-    ) -> Result<Settings, ConfigError> {
+    pub fn from_parts(text: Option<&str>, path: Option<&Path>, env: &BTreeMap<String, String>) -> Result<Settings, ConfigError> {
         let f: FileSettings = match text {
-            Some(t) => toml::from_str(t).map_err(|e| {
-                ConfigError(format!(
-                    "{}: {}",
-                    path.map(|p| p.display().to_string()).unwrap_or_default(),
-                    e.to_string().trim()
-                ))
-            })?,
+            Some(t) => toml::from_str(t)
+                .map_err(|e| ConfigError(format!("{}: {}", path.map(|p| p.display().to_string()).unwrap_or_default(), e.to_string().trim())))?,
             None => FileSettings::default(),
         };
-        let pick = |var: &str, file: Option<String>| {
-            env.get(var).cloned().filter(|v| !v.is_empty()).or(file)
-        };
+        let pick = |var: &str, file: Option<String>| env.get(var).cloned().filter(|v| !v.is_empty()).or(file);
         let listen = pick("AIRLOCK_LISTEN", f.listen).unwrap_or_else(|| "127.0.0.1:8080".into());
-        let data_dir = pick(
-            "AIRLOCK_DATA_DIR",
-            f.data_dir.map(|p| p.display().to_string()),
-        )
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("./data"));
-        let public_url = pick("AIRLOCK_PUBLIC_URL", f.public_url)
-            .unwrap_or_else(|| format!("http://{listen}"))
-            .trim_end_matches('/')
-            .to_owned();
-        let database_url = pick("AIRLOCK_DATABASE_URL", f.database_url)
-            .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("airlock.db").display()));
-        let storage_url = pick("AIRLOCK_STORAGE_URL", f.storage_url)
-            .unwrap_or_else(|| format!("file://{}", data_dir.join("objects").display()));
+        let data_dir =
+            pick("AIRLOCK_DATA_DIR", f.data_dir.map(|p| p.display().to_string())).map(PathBuf::from).unwrap_or_else(|| PathBuf::from("./data"));
+        let public_url = pick("AIRLOCK_PUBLIC_URL", f.public_url).unwrap_or_else(|| format!("http://{listen}")).trim_end_matches('/').to_owned();
+        let database_url =
+            pick("AIRLOCK_DATABASE_URL", f.database_url).unwrap_or_else(|| format!("sqlite://{}", data_dir.join("airlock.db").display()));
+        let storage_url = pick("AIRLOCK_STORAGE_URL", f.storage_url).unwrap_or_else(|| format!("file://{}", data_dir.join("objects").display()));
         let bus_url = pick("AIRLOCK_BUS_URL", f.bus_url).unwrap_or_else(|| "embedded".into());
         let clamd = pick("AIRLOCK_CLAMD", f.clamd);
         let log_format = pick("AIRLOCK_LOG_FORMAT", f.log_format).unwrap_or_else(|| "text".into());
-        let validation_timeout = parse_duration(
-            &pick("AIRLOCK_VALIDATION_TIMEOUT", f.validation_timeout)
-                .unwrap_or_else(|| "5m".into()),
-        )
-        .map_err(|e| ConfigError(format!("validation_timeout: {e}")))?;
+        let validation_timeout = parse_duration(&pick("AIRLOCK_VALIDATION_TIMEOUT", f.validation_timeout).unwrap_or_else(|| "5m".into()))
+            .map_err(|e| ConfigError(format!("validation_timeout: {e}")))?;
 
         let mut kinds = BTreeMap::new();
         for (name, k) in f.kinds {
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-            {
-                return Err(ConfigError(format!(
-                    "kinds.{name}: a kind's name is letters, digits, '_' and '-'"
-                )));
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+                return Err(ConfigError(format!("kinds.{name}: a kind's name is letters, digits, '_' and '-'")));
             }
             let d = Kind::default_kind();
             let upload_ttl = match k.upload_ttl {
-                Some(s) => parse_duration(&s)
-                    .map_err(|e| ConfigError(format!("kinds.{name}.upload_ttl: {e}")))?,
+                Some(s) => parse_duration(&s).map_err(|e| ConfigError(format!("kinds.{name}.upload_ttl: {e}")))?,
                 None => d.upload_ttl,
             };
-            let retention = k
-                .retention
-                .map(|s| parse_duration(&s))
-                .transpose()
-                .map_err(|e| ConfigError(format!("kinds.{name}.retention: {e}")))?;
+            let retention = k.retention.map(|s| parse_duration(&s)).transpose().map_err(|e| ConfigError(format!("kinds.{name}.retention: {e}")))?;
             let allowed_types = k.allowed_types.unwrap_or(d.allowed_types);
             for t in &allowed_types {
-                if !(t == "*"
-                    || t.split_once('/')
-                        .is_some_and(|(a, b)| !a.is_empty() && !b.is_empty()))
-                {
-                    return Err(ConfigError(format!(
-                        "kinds.{name}.allowed_types: `{t}` is not a MIME type or pattern like image/*"
-                    )));
+                if !(t == "*" || t.split_once('/').is_some_and(|(a, b)| !a.is_empty() && !b.is_empty())) {
+                    return Err(ConfigError(format!("kinds.{name}.allowed_types: `{t}` is not a MIME type or pattern like image/*")));
                 }
             }
             let kind = Kind {
@@ -250,22 +218,18 @@ impl Settings {
                 variants: k.variants,
                 upload_ttl,
                 retention,
+                max_pixels: k.max_pixels.unwrap_or(d.max_pixels),
+                max_dimension: k.max_dimension.unwrap_or(d.max_dimension),
             };
             if kind.max_bytes == 0 {
-                return Err(ConfigError(format!(
-                    "kinds.{name}.max_bytes must be positive"
-                )));
+                return Err(ConfigError(format!("kinds.{name}.max_bytes must be positive")));
             }
             if kind.scan == ScanPolicy::Required && clamd.is_none() {
-                return Err(ConfigError(format!(
-                    "kinds.{name}.scan = \"required\" but no scanner is configured (set AIRLOCK_CLAMD or clamd)"
-                )));
+                return Err(ConfigError(format!("kinds.{name}.scan = \"required\" but no scanner is configured (set AIRLOCK_CLAMD or clamd)")));
             }
             kinds.insert(name, kind);
         }
-        kinds
-            .entry("default".into())
-            .or_insert_with(Kind::default_kind);
+        kinds.entry("default".into()).or_insert_with(Kind::default_kind);
 
         Ok(Settings {
             listen,
@@ -293,9 +257,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration like 30s, 15m, 2h or 7d"))?;
+    let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a duration like 30s, 15m, 2h or 7d"))?;
     let secs = match unit.trim() {
         "ms" => return Ok(Duration::from_millis(n)),
         "" | "s" => n,
@@ -308,19 +270,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 mod secs {
-    pub fn serialize<S: serde::Serializer>(
-        d: &std::time::Duration,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_u64(d.as_secs())
     }
 }
 
 mod opt_secs {
-    pub fn serialize<S: serde::Serializer>(
-        d: &Option<std::time::Duration>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: serde::Serializer>(d: &Option<std::time::Duration>, s: S) -> Result<S::Ok, S::Error> {
         match d {
             Some(d) => s.serialize_some(&d.as_secs()),
             None => s.serialize_none(),
@@ -333,10 +289,7 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
     }
 
     #[test]
@@ -353,43 +306,25 @@ mod tests {
     #[test]
     fn environment_overrides_the_file() {
         let text = "listen = \"0.0.0.0:1\"\n[kinds.avatar]\nmax_bytes = 10\nallowed_types = [\"image/*\"]\nupload_ttl = \"15m\"\n";
-        let s = Settings::from_parts(Some(text), None, &env(&[("AIRLOCK_LISTEN", "127.0.0.1:9")]))
-            .expect("ok");
+        let s = Settings::from_parts(Some(text), None, &env(&[("AIRLOCK_LISTEN", "127.0.0.1:9")])).expect("ok");
         assert_eq!(s.listen, "127.0.0.1:9");
         let avatar = &s.kinds["avatar"];
-        assert_eq!(
-            (avatar.max_bytes, avatar.upload_ttl),
-            (10, Duration::from_secs(900))
-        );
+        assert_eq!((avatar.max_bytes, avatar.upload_ttl), (10, Duration::from_secs(900)));
     }
 
     #[test]
     fn an_unknown_key_is_an_error_that_names_it() {
-        let err = Settings::from_parts(
-            Some("[kinds.avatar]\nmax_bytez = 3\n"),
-            Some(Path::new("a.toml")),
-            &env(&[]),
-        )
-        .expect_err("unknown");
+        let err = Settings::from_parts(Some("[kinds.avatar]\nmax_bytez = 3\n"), Some(Path::new("a.toml")), &env(&[])).expect_err("unknown");
         assert!(err.to_string().contains("max_bytez"), "{err}");
-        let err =
-            Settings::from_parts(Some("lisen = \"x\"\n"), None, &env(&[])).expect_err("unknown");
+        let err = Settings::from_parts(Some("lisen = \"x\"\n"), None, &env(&[])).expect_err("unknown");
         assert!(err.to_string().contains("lisen"), "{err}");
     }
 
     #[test]
     fn required_scanning_without_a_scanner_is_a_startup_error() {
-        let err = Settings::from_parts(Some("[kinds.kyc]\nscan = \"required\"\n"), None, &env(&[]))
-            .expect_err("no scanner");
+        let err = Settings::from_parts(Some("[kinds.kyc]\nscan = \"required\"\n"), None, &env(&[])).expect_err("no scanner");
         assert!(err.to_string().contains("kinds.kyc.scan"), "{err}");
-        assert!(
-            Settings::from_parts(
-                Some("[kinds.kyc]\nscan = \"required\"\n"),
-                None,
-                &env(&[("AIRLOCK_CLAMD", "tcp://127.0.0.1:3310")])
-            )
-            .is_ok()
-        );
+        assert!(Settings::from_parts(Some("[kinds.kyc]\nscan = \"required\"\n"), None, &env(&[("AIRLOCK_CLAMD", "tcp://127.0.0.1:3310")])).is_ok());
     }
 
     #[test]

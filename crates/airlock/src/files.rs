@@ -58,14 +58,7 @@ impl Status {
             Validating => &[Uploaded],
             Promoted | Quarantined => &[Validating],
             Expired => &[Pending],
-            Deleted => &[
-                Pending,
-                Uploaded,
-                Validating,
-                Promoted,
-                Quarantined,
-                Expired,
-            ],
+            Deleted => &[Pending, Uploaded, Validating, Promoted, Quarantined, Expired],
         }
     }
 }
@@ -139,8 +132,7 @@ pub(crate) fn ms(t: OffsetDateTime) -> i64 {
 }
 
 pub(crate) fn from_ms(ms: i64) -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
 fn uuid(s: &str) -> Result<Uuid, sqlx::Error> {
@@ -148,9 +140,7 @@ fn uuid(s: &str) -> Result<Uuid, sqlx::Error> {
 }
 
 fn json(s: Option<String>) -> Result<Option<Value>, sqlx::Error> {
-    s.map(|s| serde_json::from_str(&s))
-        .transpose()
-        .map_err(|e| sqlx::Error::Decode(Box::new(e)))
+    s.map(|s| serde_json::from_str(&s)).transpose().map_err(|e| sqlx::Error::Decode(Box::new(e)))
 }
 
 impl FileRecord {
@@ -160,8 +150,7 @@ impl FileRecord {
             id: uuid(r.try_get("id")?)?,
             tenant: r.try_get("tenant")?,
             kind: r.try_get("kind")?,
-            status: Status::parse(&status)
-                .ok_or_else(|| sqlx::Error::Decode(format!("unknown status {status}").into()))?,
+            status: Status::parse(&status).ok_or_else(|| sqlx::Error::Decode(format!("unknown status {status}").into()))?,
             filename: r.try_get("filename")?,
             declared_type: r.try_get("declared_type")?,
             declared_size: r.try_get("declared_size")?,
@@ -257,14 +246,8 @@ pub async fn insert(conn: &mut SqliteConnection, f: &NewFile<'_>) -> Result<(), 
 ///
 /// # Errors
 /// Database failures.
-pub async fn get<'c, E: sqlx::SqliteExecutor<'c>>(
-    exec: E,
-    id: Uuid,
-) -> Result<Option<FileRecord>, sqlx::Error> {
-    let row = sqlx::query("SELECT * FROM files WHERE id = $1")
-        .bind(id.to_string())
-        .fetch_optional(exec)
-        .await?;
+pub async fn get<'c, E: sqlx::SqliteExecutor<'c>>(exec: E, id: Uuid) -> Result<Option<FileRecord>, sqlx::Error> {
+    let row = sqlx::query("SELECT * FROM files WHERE id = $1").bind(id.to_string()).fetch_optional(exec).await?;
     row.as_ref().map(FileRecord::from_row).transpose()
 }
 
@@ -272,16 +255,8 @@ pub async fn get<'c, E: sqlx::SqliteExecutor<'c>>(
 ///
 /// # Errors
 /// Database failures.
-pub async fn get_for_tenant<'c, E: sqlx::SqliteExecutor<'c>>(
-    exec: E,
-    tenant: &str,
-    id: Uuid,
-) -> Result<Option<FileRecord>, sqlx::Error> {
-    let row = sqlx::query("SELECT * FROM files WHERE id = $1 AND tenant = $2")
-        .bind(id.to_string())
-        .bind(tenant)
-        .fetch_optional(exec)
-        .await?;
+pub async fn get_for_tenant<'c, E: sqlx::SqliteExecutor<'c>>(exec: E, tenant: &str, id: Uuid) -> Result<Option<FileRecord>, sqlx::Error> {
+    let row = sqlx::query("SELECT * FROM files WHERE id = $1 AND tenant = $2").bind(id.to_string()).bind(tenant).fetch_optional(exec).await?;
     row.as_ref().map(FileRecord::from_row).transpose()
 }
 
@@ -300,11 +275,7 @@ pub struct ListQuery {
 ///
 /// # Errors
 /// Database failures.
-pub async fn list<'c, E: sqlx::SqliteExecutor<'c>>(
-    exec: E,
-    tenant: &str,
-    q: &ListQuery,
-) -> Result<Vec<FileRecord>, sqlx::Error> {
+pub async fn list<'c, E: sqlx::SqliteExecutor<'c>>(exec: E, tenant: &str, q: &ListQuery) -> Result<Vec<FileRecord>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT * FROM files WHERE tenant = $1 AND ($2 IS NULL OR user_id = $2) AND ($3 IS NULL OR status = $3)
            AND ($4 IS NULL OR kind = $4) AND ($5 IS NULL OR id < $5)
@@ -338,12 +309,7 @@ pub struct Changes<'a> {
 ///
 /// # Errors
 /// Database failures.
-pub async fn transition(
-    conn: &mut SqliteConnection,
-    id: Uuid,
-    to: Status,
-    c: &Changes<'_>,
-) -> Result<bool, sqlx::Error> {
+pub async fn transition(conn: &mut SqliteConnection, id: Uuid, to: Status, c: &Changes<'_>) -> Result<bool, sqlx::Error> {
     let from: Vec<&str> = to.allowed_from().iter().map(|s| s.as_str()).collect();
     let n = sqlx::query(
         "UPDATE files SET status = $2, updated_at = $3,
@@ -376,16 +342,8 @@ pub async fn transition(
 /// Migration failures.
 pub async fn migrate(pool: &sqlx::SqlitePool) -> Result<(), airlock_events::EventError> {
     airlock_events::db::migrator(&[
-        (
-            1000,
-            "files",
-            include_str!("../migrations/sqlite/1000_files.sql"),
-        ),
-        (
-            1001,
-            "webhooks",
-            include_str!("../migrations/sqlite/1001_webhooks.sql"),
-        ),
+        (1000, "files", include_str!("../migrations/sqlite/1000_files.sql")),
+        (1001, "webhooks", include_str!("../migrations/sqlite/1001_webhooks.sql")),
     ])
     .run(pool)
     .await?;
@@ -400,22 +358,10 @@ mod tests {
     fn the_status_machine_allows_only_the_contract_moves() {
         assert_eq!(Status::Uploaded.allowed_from(), &[Status::Pending]);
         assert!(Status::Promoted.allowed_from() == [Status::Validating]);
-        assert!(
-            !Status::Promoted
-                .allowed_from()
-                .contains(&Status::Quarantined)
-        );
+        assert!(!Status::Promoted.allowed_from().contains(&Status::Quarantined));
         assert!(Status::Deleted.allowed_from().contains(&Status::Promoted));
         assert!(!Status::Deleted.allowed_from().contains(&Status::Deleted));
-        for s in [
-            "pending",
-            "uploaded",
-            "validating",
-            "promoted",
-            "quarantined",
-            "expired",
-            "deleted",
-        ] {
+        for s in ["pending", "uploaded", "validating", "promoted", "quarantined", "expired", "deleted"] {
             assert_eq!(Status::parse(s).map(Status::as_str), Some(s));
         }
     }

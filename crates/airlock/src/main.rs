@@ -10,11 +10,7 @@ use airlock_events::{CancellationToken, Catalog, EventQuery};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "airlock",
-    version,
-    about = "A self-hosted, event-driven file-upload pipeline."
-)]
+#[command(name = "airlock", version, about = "A self-hosted, event-driven file-upload pipeline.")]
 struct Cli {
     /// A TOML settings file (also AIRLOCK_CONFIG).
     #[arg(long, global = true)]
@@ -107,12 +103,8 @@ fn user(msg: impl Into<String>) -> anyhow::Error {
 }
 
 fn init_tracing(settings: &Settings) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&settings.log)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false);
+    let filter = tracing_subscriber::EnvFilter::try_new(&settings.log).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
     if settings.log_json {
         builder.json().init();
     } else {
@@ -124,10 +116,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // One TLS crypto provider for every client (webhooks): ring.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: starting the runtime: {e}");
@@ -138,9 +127,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            if e.downcast_ref::<UserError>().is_some()
-                || e.downcast_ref::<airlock::config::ConfigError>().is_some()
-            {
+            if e.downcast_ref::<UserError>().is_some() || e.downcast_ref::<airlock::config::ConfigError>().is_some() {
                 ExitCode::from(1)
             } else {
                 ExitCode::from(3)
@@ -166,10 +153,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let app = app::open(settings).await?;
             match command {
                 KeysCommand::Create { tenant, name } => {
-                    let (id, key) =
-                        airlock::auth::create_key(app.bus.pool(), &tenant, name.as_deref())
-                            .await
-                            .map_err(|e| user(e.to_string()))?;
+                    let (id, key) = airlock::auth::create_key(app.bus.pool(), &tenant, name.as_deref()).await.map_err(|e| user(e.to_string()))?;
                     eprintln!("key id {id} for tenant {tenant} (shown once; store it now)");
                     println!("{key}");
                 }
@@ -194,11 +178,7 @@ async fn serve(settings: Settings, role: Role) -> anyhow::Result<()> {
     let listener = if role == Role::Worker {
         None
     } else {
-        Some(
-            tokio::net::TcpListener::bind(&listen)
-                .await
-                .map_err(|e| anyhow::anyhow!("listening on {listen}: {e}"))?,
-        )
+        Some(tokio::net::TcpListener::bind(&listen).await.map_err(|e| anyhow::anyhow!("listening on {listen}: {e}"))?)
     };
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
@@ -206,15 +186,14 @@ async fn serve(settings: Settings, role: Role) -> anyhow::Result<()> {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
         {
-            let mut term =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(s) => s,
-                    Err(_) => {
-                        let _ = ctrl_c.await;
-                        stop.cancel();
-                        return;
-                    }
-                };
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    stop.cancel();
+                    return;
+                }
+            };
             tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
         }
         #[cfg(not(unix))]
@@ -235,39 +214,24 @@ fn events(command: &EventsCommand) -> anyhow::Result<()> {
     match command {
         EventsCommand::List => {
             for t in catalog.types() {
-                let vis = if t.visibility == airlock_events::Visibility::Public {
-                    "public"
-                } else {
-                    "internal"
-                };
+                let vis = if t.visibility == airlock_events::Visibility::Public { "public" } else { "internal" };
                 println!("{:<32} {:<9} {}", t.versioned(), vis, t.description);
             }
         }
         EventsCommand::Show { event_type } => {
-            let t = catalog.find(event_type).ok_or_else(|| {
-                user(format!(
-                    "unknown event type `{event_type}` (see `airlock events list`)"
-                ))
-            })?;
+            let t = catalog.find(event_type).ok_or_else(|| user(format!("unknown event type `{event_type}` (see `airlock events list`)")))?;
             println!("{}", serde_json::to_string_pretty(&t.schema)?);
         }
         EventsCommand::Check { against } => {
             let old = Catalog::from_dir(against).map_err(|e| user(e.to_string()))?;
             let problems = catalog.breaking_changes_since(&old);
             if problems.is_empty() {
-                println!(
-                    "compatible: no breaking change against {}",
-                    against.display()
-                );
+                println!("compatible: no breaking change against {}", against.display());
             } else {
                 for p in &problems {
                     println!("BREAKING {p}");
                 }
-                return Err(user(format!(
-                    "{} breaking change(s) against {}",
-                    problems.len(),
-                    against.display()
-                )));
+                return Err(user(format!("{} breaking change(s) against {}", problems.len(), against.display())));
             }
         }
     }
@@ -301,15 +265,8 @@ async fn dlq(settings: Settings, command: DlqCommand) -> anyhow::Result<()> {
             }
             println!("redriven {id}");
         }
-        DlqCommand::Redrive {
-            id: None,
-            all: true,
-            subscription,
-        } => {
-            println!(
-                "redriven {}",
-                app.bus.redrive_all(subscription.as_deref()).await?
-            );
+        DlqCommand::Redrive { id: None, all: true, subscription } => {
+            println!("redriven {}", app.bus.redrive_all(subscription.as_deref()).await?);
         }
         DlqCommand::Redrive { .. } => return Err(user("give a dead letter id or --all")),
         DlqCommand::Discard { id } => {
@@ -324,10 +281,7 @@ async fn dlq(settings: Settings, command: DlqCommand) -> anyhow::Result<()> {
 
 async fn trace(settings: Settings, id: &str) -> anyhow::Result<()> {
     let app = app::open(settings).await?;
-    let mut q = EventQuery {
-        limit: 10_000,
-        ..Default::default()
-    };
+    let mut q = EventQuery { limit: 10_000, ..Default::default() };
     let is_file = match uuid::Uuid::parse_str(id) {
         Ok(u) => airlock::files::get(app.bus.pool(), u).await?.is_some(),
         Err(_) => false,

@@ -11,8 +11,8 @@ const FALLBACK_NAME: &str = "file";
 
 /// Windows device names that cannot be used as a file stem, whatever the extension.
 const RESERVED_NAMES: &[&str] = &[
-    "CON", "PRN", "AUX", "NUL", "COM1", "COM2", "COM3", "COM4", "COM5", "COM6", "COM7", "COM8",
-    "COM9", "LPT1", "LPT2", "LPT3", "LPT4", "LPT5", "LPT6", "LPT7", "LPT8", "LPT9",
+    "CON", "PRN", "AUX", "NUL", "COM1", "COM2", "COM3", "COM4", "COM5", "COM6", "COM7", "COM8", "COM9", "LPT1", "LPT2", "LPT3", "LPT4", "LPT5",
+    "LPT6", "LPT7", "LPT8", "LPT9",
 ];
 
 /// Turns a client-supplied filename into one that is safe to store, log and send back.
@@ -39,11 +39,7 @@ pub fn sanitize_filename(input: &str) -> String {
     }
     let name = truncate_name(&name);
 
-    if name.is_empty() {
-        FALLBACK_NAME.to_owned()
-    } else {
-        name
-    }
+    if name.is_empty() { FALLBACK_NAME.to_owned() } else { name }
 }
 
 /// Returns the lowercase extension of `filename`, without its dot.
@@ -63,25 +59,9 @@ pub fn extension(filename: &str) -> Option<String> {
 /// and control characters become `_`); `filename*` carries the exact UTF-8 name, percent-encoded
 /// as in RFC 5987. No input can smuggle CR or LF into the header.
 pub fn content_disposition(filename: &str) -> String {
-    let filename = if filename.is_empty() {
-        FALLBACK_NAME
-    } else {
-        filename
-    };
-    let fallback: String = filename
-        .chars()
-        .map(|c| {
-            if c.is_ascii() && !c.is_ascii_control() && c != '"' && c != '\\' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!(
-        "attachment; filename=\"{fallback}\"; filename*=UTF-8''{}",
-        rfc5987_encode(filename)
-    )
+    let filename = if filename.is_empty() { FALLBACK_NAME } else { filename };
+    let fallback: String = filename.chars().map(|c| if c.is_ascii() && !c.is_ascii_control() && c != '"' && c != '\\' { c } else { '_' }).collect();
+    format!("attachment; filename=\"{fallback}\"; filename*=UTF-8''{}", rfc5987_encode(filename))
 }
 
 /// Whether `c` is removed outright: control characters and invisible or bidi formatting marks.
@@ -101,9 +81,7 @@ fn trim_name(name: &str) -> &str {
 /// Whether the part before the first dot is a Windows device name.
 fn is_reserved(name: &str) -> bool {
     let stem = name.split('.').next().unwrap_or_default().trim_end();
-    RESERVED_NAMES
-        .iter()
-        .any(|reserved| stem.eq_ignore_ascii_case(reserved))
+    RESERVED_NAMES.iter().any(|reserved| stem.eq_ignore_ascii_case(reserved))
 }
 
 /// Truncates `name` to [`MAX_NAME_BYTES`] on a char boundary, keeping a short extension.
@@ -126,22 +104,14 @@ fn floor_char_boundary(s: &str, index: usize) -> usize {
     if index >= s.len() {
         return s.len();
     }
-    (0..=index)
-        .rev()
-        .find(|&i| s.is_char_boundary(i))
-        .unwrap_or(0)
+    (0..=index).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0)
 }
 
 /// Percent-encodes everything except RFC 5987 `attr-char`s.
 fn rfc5987_encode(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     for &b in value.as_bytes() {
-        if b.is_ascii_alphanumeric()
-            || matches!(
-                b,
-                b'!' | b'#' | b'$' | b'&' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~'
-            )
-        {
+        if b.is_ascii_alphanumeric() || matches!(b, b'!' | b'#' | b'$' | b'&' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~') {
             out.push(char::from(b));
         } else {
             out.push_str(&format!("%{b:02X}"));
@@ -215,10 +185,7 @@ mod tests {
         assert_eq!(sanitize_filename("evil\u{0}.png"), "evil.png");
         assert_eq!(sanitize_filename("line\r\nbreak.txt"), "linebreak.txt");
         assert_eq!(sanitize_filename("\u{202E}gnp.exe"), "gnp.exe");
-        assert_eq!(
-            sanitize_filename("a\u{200B}b\u{FEFF}c\u{2067}.txt"),
-            "abc.txt"
-        );
+        assert_eq!(sanitize_filename("a\u{200B}b\u{FEFF}c\u{2067}.txt"), "abc.txt");
     }
 
     #[test]
@@ -296,20 +263,13 @@ mod tests {
             assert_eq!(once, twice, "input {input:?}");
             assert!(!once.is_empty());
             assert!(once.len() <= 200);
-            assert!(
-                !once
-                    .chars()
-                    .any(|c| c.is_control() || c == '/' || c == '\\')
-            );
+            assert!(!once.chars().any(|c| c.is_control() || c == '/' || c == '\\'));
         }
     }
 
     #[test]
     fn unicode_names_are_preserved() {
-        assert_eq!(
-            sanitize_filename("日本語のファイル.txt"),
-            "日本語のファイル.txt"
-        );
+        assert_eq!(sanitize_filename("日本語のファイル.txt"), "日本語のファイル.txt");
         assert_eq!(sanitize_filename("emoji 😀.png"), "emoji 😀.png");
     }
 
@@ -324,14 +284,8 @@ mod tests {
 
     #[test]
     fn content_disposition_has_an_ascii_fallback_and_an_encoded_utf8_name() {
-        assert_eq!(
-            content_disposition("report.pdf"),
-            "attachment; filename=\"report.pdf\"; filename*=UTF-8''report.pdf"
-        );
-        assert_eq!(
-            content_disposition("résumé 1.pdf"),
-            "attachment; filename=\"r_sum_ 1.pdf\"; filename*=UTF-8''r%C3%A9sum%C3%A9%201.pdf"
-        );
+        assert_eq!(content_disposition("report.pdf"), "attachment; filename=\"report.pdf\"; filename*=UTF-8''report.pdf");
+        assert_eq!(content_disposition("résumé 1.pdf"), "attachment; filename=\"r_sum_ 1.pdf\"; filename*=UTF-8''r%C3%A9sum%C3%A9%201.pdf");
     }
 
     #[test]
@@ -344,9 +298,6 @@ mod tests {
 
     #[test]
     fn content_disposition_of_an_empty_name_uses_the_fallback_name() {
-        assert_eq!(
-            content_disposition(""),
-            "attachment; filename=\"file\"; filename*=UTF-8''file"
-        );
+        assert_eq!(content_disposition(""), "attachment; filename=\"file\"; filename*=UTF-8''file");
     }
 }

@@ -44,10 +44,7 @@ pub fn parse_range(header: Option<&str>, len: u64) -> ByteRange {
         if suffix == 0 || len == 0 {
             return ByteRange::Unsatisfiable;
         }
-        return ByteRange::Partial {
-            start: len.saturating_sub(suffix),
-            end: len - 1,
-        };
+        return ByteRange::Partial { start: len.saturating_sub(suffix), end: len - 1 };
     }
 
     let Some(start) = parse_digits(first) else {
@@ -66,10 +63,7 @@ pub fn parse_range(header: Option<&str>, len: u64) -> ByteRange {
         return ByteRange::Unsatisfiable;
     }
     let last_byte = len - 1;
-    ByteRange::Partial {
-        start,
-        end: end.map_or(last_byte, |end| end.min(last_byte)),
-    }
+    ByteRange::Partial { start, end: end.map_or(last_byte, |end| end.min(last_byte)) }
 }
 
 /// Formats a `Content-Range` value for a `206` response: `bytes start-end/len`.
@@ -87,9 +81,7 @@ fn parse_digits(s: &str) -> Option<u64> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    Some(s.bytes().fold(0u64, |acc, b| {
-        acc.saturating_mul(10).saturating_add(u64::from(b - b'0'))
-    }))
+    Some(s.bytes().fold(0u64, |acc, b| acc.saturating_mul(10).saturating_add(u64::from(b - b'0'))))
 }
 
 #[cfg(test)]
@@ -120,10 +112,7 @@ mod tests {
     #[test]
     fn the_end_is_clamped_to_the_last_byte() {
         assert_eq!(parse_range(Some("bytes=50-1000"), 100), partial(50, 99));
-        assert_eq!(
-            parse_range(Some("bytes=0-99999999999999999999999"), 100),
-            partial(0, 99)
-        );
+        assert_eq!(parse_range(Some("bytes=0-99999999999999999999999"), 100), partial(0, 99));
     }
 
     #[test]
@@ -134,18 +123,9 @@ mod tests {
 
     #[test]
     fn a_start_at_or_past_the_end_is_unsatisfiable() {
-        assert_eq!(
-            parse_range(Some("bytes=100-"), 100),
-            ByteRange::Unsatisfiable
-        );
-        assert_eq!(
-            parse_range(Some("bytes=150-200"), 100),
-            ByteRange::Unsatisfiable
-        );
-        assert_eq!(
-            parse_range(Some("bytes=99999999999999999999999-"), 100),
-            ByteRange::Unsatisfiable
-        );
+        assert_eq!(parse_range(Some("bytes=100-"), 100), ByteRange::Unsatisfiable);
+        assert_eq!(parse_range(Some("bytes=150-200"), 100), ByteRange::Unsatisfiable);
+        assert_eq!(parse_range(Some("bytes=99999999999999999999999-"), 100), ByteRange::Unsatisfiable);
     }
 
     #[test]
@@ -178,11 +158,7 @@ mod tests {
             "bytes=--5",
             "bytes= 5 - 6",
         ] {
-            assert_eq!(
-                parse_range(Some(header), 100),
-                ByteRange::Full,
-                "{header:?}"
-            );
+            assert_eq!(parse_range(Some(header), 100), ByteRange::Full, "{header:?}");
         }
     }
 
@@ -199,10 +175,7 @@ mod tests {
     #[test]
     fn multiple_ranges_are_ignored() {
         assert_eq!(parse_range(Some("bytes=0-5,10-15"), 100), ByteRange::Full);
-        assert_eq!(
-            parse_range(Some("bytes=0-5, 200-300"), 100),
-            ByteRange::Full
-        );
+        assert_eq!(parse_range(Some("bytes=0-5, 200-300"), 100), ByteRange::Full);
     }
 
     #[test]

@@ -95,9 +95,7 @@ pub struct UrlSigner {
 
 impl fmt::Debug for UrlSigner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("UrlSigner")
-            .field("key", &"<redacted>")
-            .finish()
+        f.debug_struct("UrlSigner").field("key", &"<redacted>").finish()
     }
 }
 
@@ -114,8 +112,7 @@ impl UrlSigner {
         let max = claims.max_bytes.map(|max| max.to_string());
         let ct = non_empty(claims.content_type.as_deref());
         let var = non_empty(claims.variant.as_deref());
-        let canonical =
-            canonical_string(claims.method, claims.file_id, &exp, max.as_deref(), ct, var);
+        let canonical = canonical_string(claims.method, claims.file_id, &exp, max.as_deref(), ct, var);
         let sig = URL_SAFE_NO_PAD.encode(self.mac(&canonical).finalize().into_bytes());
 
         let mut query = format!("exp={}", percent_encode(&exp));
@@ -133,13 +130,7 @@ impl UrlSigner {
     /// The MAC is checked (in constant time) before the expiry, so a forged URL is always
     /// [`SignatureError::Invalid`] whatever its `exp`. Unknown or repeated parameters and
     /// undecodable values are [`SignatureError::Invalid`] too.
-    pub fn verify(
-        &self,
-        method: Method,
-        file_id: Uuid,
-        query: &str,
-        now_unix: i64,
-    ) -> Result<UrlClaims, SignatureError> {
+    pub fn verify(&self, method: Method, file_id: Uuid, query: &str, now_unix: i64) -> Result<UrlClaims, SignatureError> {
         let mut params = parse_query(query)?;
         let (Some(sig), Some(exp)) = (params.remove("sig"), params.remove("exp")) else {
             return Err(SignatureError::Missing);
@@ -148,37 +139,16 @@ impl UrlSigner {
         let ct = params.remove("ct").filter(|ct| !ct.is_empty());
         let var = params.remove("var").filter(|var| !var.is_empty());
 
-        let canonical = canonical_string(
-            method,
-            file_id,
-            &exp,
-            max.as_deref(),
-            ct.as_deref(),
-            var.as_deref(),
-        );
-        let tag = URL_SAFE_NO_PAD
-            .decode(sig.as_bytes())
-            .map_err(|_| SignatureError::Invalid)?;
-        self.mac(&canonical)
-            .verify_slice(&tag)
-            .map_err(|_| SignatureError::Invalid)?;
+        let canonical = canonical_string(method, file_id, &exp, max.as_deref(), ct.as_deref(), var.as_deref());
+        let tag = URL_SAFE_NO_PAD.decode(sig.as_bytes()).map_err(|_| SignatureError::Invalid)?;
+        self.mac(&canonical).verify_slice(&tag).map_err(|_| SignatureError::Invalid)?;
 
         let expires: i64 = exp.parse().map_err(|_| SignatureError::Invalid)?;
-        let max_bytes = max
-            .map(|max| max.parse::<u64>())
-            .transpose()
-            .map_err(|_| SignatureError::Invalid)?;
+        let max_bytes = max.map(|max| max.parse::<u64>()).transpose().map_err(|_| SignatureError::Invalid)?;
         if now_unix > expires {
             return Err(SignatureError::Expired);
         }
-        Ok(UrlClaims {
-            method,
-            file_id,
-            expires,
-            max_bytes,
-            content_type: ct,
-            variant: var,
-        })
+        Ok(UrlClaims { method, file_id, expires, max_bytes, content_type: ct, variant: var })
     }
 
     /// A MAC keyed with this signer's secret, already fed `canonical`.
@@ -195,20 +165,8 @@ impl UrlSigner {
 }
 
 /// The string that is MACed.
-fn canonical_string(
-    method: Method,
-    file_id: Uuid,
-    exp: &str,
-    max: Option<&str>,
-    ct: Option<&str>,
-    var: Option<&str>,
-) -> String {
-    format!(
-        "{CANONICAL_PREFIX}\n{method}\n{file_id}\n{exp}\n{}\n{}\n{}",
-        max.unwrap_or_default(),
-        ct.unwrap_or_default(),
-        var.unwrap_or_default(),
-    )
+fn canonical_string(method: Method, file_id: Uuid, exp: &str, max: Option<&str>, ct: Option<&str>, var: Option<&str>) -> String {
+    format!("{CANONICAL_PREFIX}\n{method}\n{file_id}\n{exp}\n{}\n{}\n{}", max.unwrap_or_default(), ct.unwrap_or_default(), var.unwrap_or_default(),)
 }
 
 fn non_empty(value: Option<&str>) -> Option<&str> {
@@ -274,9 +232,7 @@ fn percent_decode(value: &str) -> Result<String, SignatureError> {
 }
 
 fn hex_value(b: u8) -> Option<u8> {
-    char::from(b)
-        .to_digit(16)
-        .and_then(|digit| u8::try_from(digit).ok())
+    char::from(b).to_digit(16).and_then(|digit| u8::try_from(digit).ok())
 }
 
 #[cfg(test)]
@@ -330,67 +286,38 @@ mod tests {
     #[test]
     fn the_query_string_lists_parameters_in_order_and_encodes_values() {
         let query = signer().sign(&claims());
-        assert!(
-            query.starts_with(
-                "exp=1700000600&max=10485760&ct=image%2Fsvg%2Bxml&var=thumb%20256&sig="
-            ),
-            "{query}"
-        );
-        let sig = query
-            .rsplit_once("sig=")
-            .map(|(_, sig)| sig)
-            .unwrap_or_default();
+        assert!(query.starts_with("exp=1700000600&max=10485760&ct=image%2Fsvg%2Bxml&var=thumb%20256&sig="), "{query}");
+        let sig = query.rsplit_once("sig=").map(|(_, sig)| sig).unwrap_or_default();
         assert_eq!(sig.len(), 43);
         assert!(!sig.contains(['=', '+', '/']));
     }
 
     #[test]
     fn absent_optional_claims_are_omitted_and_round_trip() {
-        let claims = UrlClaims {
-            method: Method::Get,
-            max_bytes: None,
-            content_type: None,
-            variant: None,
-            ..claims()
-        };
+        let claims = UrlClaims { method: Method::Get, max_bytes: None, content_type: None, variant: None, ..claims() };
         let query = signer().sign(&claims);
         assert!(query.starts_with("exp=1700000600&sig="), "{query}");
-        assert_eq!(
-            signer().verify(Method::Get, file_id(), &query, NOW),
-            Ok(claims)
-        );
+        assert_eq!(signer().verify(Method::Get, file_id(), &query, NOW), Ok(claims));
     }
 
     #[test]
     fn a_negative_expiry_round_trips_but_is_expired() {
-        let claims = UrlClaims {
-            expires: -5,
-            ..claims()
-        };
+        let claims = UrlClaims { expires: -5, ..claims() };
         let query = signer().sign(&claims);
         assert_eq!(verify(&query), Err(SignatureError::Expired));
-        assert_eq!(
-            signer().verify(Method::Put, file_id(), &query, -10),
-            Ok(claims)
-        );
+        assert_eq!(signer().verify(Method::Put, file_id(), &query, -10), Ok(claims));
     }
 
     #[test]
     fn a_different_method_is_invalid() {
         let query = signer().sign(&claims());
-        assert_eq!(
-            signer().verify(Method::Get, file_id(), &query, NOW),
-            Err(SignatureError::Invalid)
-        );
+        assert_eq!(signer().verify(Method::Get, file_id(), &query, NOW), Err(SignatureError::Invalid));
     }
 
     #[test]
     fn a_different_file_id_is_invalid() {
         let query = signer().sign(&claims());
-        assert_eq!(
-            signer().verify(Method::Put, Uuid::nil(), &query, NOW),
-            Err(SignatureError::Invalid)
-        );
+        assert_eq!(signer().verify(Method::Put, Uuid::nil(), &query, NOW), Err(SignatureError::Invalid));
     }
 
     #[test]
@@ -410,11 +337,7 @@ mod tests {
         ] {
             let tampered = with_param(&query, name, value);
             assert_ne!(tampered, query);
-            assert_eq!(
-                verify(&tampered),
-                Err(SignatureError::Invalid),
-                "{name}={value}"
-            );
+            assert_eq!(verify(&tampered), Err(SignatureError::Invalid), "{name}={value}");
         }
     }
 
@@ -422,15 +345,8 @@ mod tests {
     fn removing_an_optional_parameter_is_invalid() {
         let query = signer().sign(&claims());
         for name in ["max", "ct", "var"] {
-            let stripped: Vec<_> = query
-                .split('&')
-                .filter(|pair| !pair.starts_with(&format!("{name}=")))
-                .collect();
-            assert_eq!(
-                verify(&stripped.join("&")),
-                Err(SignatureError::Invalid),
-                "{name}"
-            );
+            let stripped: Vec<_> = query.split('&').filter(|pair| !pair.starts_with(&format!("{name}="))).collect();
+            assert_eq!(verify(&stripped.join("&")), Err(SignatureError::Invalid), "{name}");
         }
     }
 
@@ -453,24 +369,14 @@ mod tests {
     fn an_expired_url_is_expired() {
         let query = signer().sign(&claims());
         let expires = NOW + 600;
-        assert!(
-            signer()
-                .verify(Method::Put, file_id(), &query, expires)
-                .is_ok()
-        );
-        assert_eq!(
-            signer().verify(Method::Put, file_id(), &query, expires + 1),
-            Err(SignatureError::Expired)
-        );
+        assert!(signer().verify(Method::Put, file_id(), &query, expires).is_ok());
+        assert_eq!(signer().verify(Method::Put, file_id(), &query, expires + 1), Err(SignatureError::Expired));
     }
 
     #[test]
     fn a_forged_url_is_invalid_even_when_expired() {
         let query = with_param(&signer().sign(&claims()), "var", "other");
-        assert_eq!(
-            signer().verify(Method::Put, file_id(), &query, NOW + 10_000),
-            Err(SignatureError::Invalid)
-        );
+        assert_eq!(signer().verify(Method::Put, file_id(), &query, NOW + 10_000), Err(SignatureError::Invalid));
     }
 
     #[test]
@@ -483,38 +389,22 @@ mod tests {
     fn a_duplicated_parameter_is_invalid() {
         let query = signer().sign(&claims());
         for extra in ["exp=1700000600", "ct=image%2Fsvg%2Bxml", "sig=x", "max=1"] {
-            assert_eq!(
-                verify(&format!("{query}&{extra}")),
-                Err(SignatureError::Invalid),
-                "{extra}"
-            );
+            assert_eq!(verify(&format!("{query}&{extra}")), Err(SignatureError::Invalid), "{extra}");
         }
         // Also when the duplicate is spelt with an escape.
-        assert_eq!(
-            verify(&format!("{query}&%65xp=1700000600")),
-            Err(SignatureError::Invalid)
-        );
+        assert_eq!(verify(&format!("{query}&%65xp=1700000600")), Err(SignatureError::Invalid));
     }
 
     #[test]
     fn an_unknown_parameter_is_invalid() {
         let query = signer().sign(&claims());
-        assert_eq!(
-            verify(&format!("{query}&download=1")),
-            Err(SignatureError::Invalid)
-        );
+        assert_eq!(verify(&format!("{query}&download=1")), Err(SignatureError::Invalid));
     }
 
     #[test]
     fn a_missing_signature_or_expiry_is_missing() {
         let query = signer().sign(&claims());
-        let without = |name: &str| {
-            query
-                .split('&')
-                .filter(|pair| !pair.starts_with(&format!("{name}=")))
-                .collect::<Vec<_>>()
-                .join("&")
-        };
+        let without = |name: &str| query.split('&').filter(|pair| !pair.starts_with(&format!("{name}="))).collect::<Vec<_>>().join("&");
         assert_eq!(verify(&without("sig")), Err(SignatureError::Missing));
         assert_eq!(verify(&without("exp")), Err(SignatureError::Missing));
         assert_eq!(verify(""), Err(SignatureError::Missing));
@@ -524,11 +414,7 @@ mod tests {
     fn malformed_percent_escapes_are_invalid() {
         let query = signer().sign(&claims());
         for value in ["%", "%2", "%zz", "%FF"] {
-            assert_eq!(
-                verify(&with_param(&query, "var", value)),
-                Err(SignatureError::Invalid),
-                "{value}"
-            );
+            assert_eq!(verify(&with_param(&query, "var", value)), Err(SignatureError::Invalid), "{value}");
         }
     }
 
@@ -536,17 +422,10 @@ mod tests {
     fn line_breaks_cannot_shift_values_between_fields() {
         // Signed with ct "a" and var "b": an attacker must not be able to move the
         // boundary, e.g. into ct "a\nb" with no var, and keep a valid MAC.
-        let claims = UrlClaims {
-            content_type: Some("a".to_owned()),
-            variant: Some("b".to_owned()),
-            ..claims()
-        };
+        let claims = UrlClaims { content_type: Some("a".to_owned()), variant: Some("b".to_owned()), ..claims() };
         let query = signer().sign(&claims);
-        let shifted: Vec<_> = query
-            .split('&')
-            .filter(|pair| !pair.starts_with("var="))
-            .map(|pair| if pair == "ct=a" { "ct=a%0Ab" } else { pair })
-            .collect();
+        let shifted: Vec<_> =
+            query.split('&').filter(|pair| !pair.starts_with("var=")).map(|pair| if pair == "ct=a" { "ct=a%0Ab" } else { pair }).collect();
         assert_eq!(verify(&shifted.join("&")), Err(SignatureError::Invalid));
     }
 
@@ -555,10 +434,7 @@ mod tests {
         assert_eq!(SignatureError::Missing.code(), "signature_missing");
         assert_eq!(SignatureError::Invalid.code(), "signature_invalid");
         assert_eq!(SignatureError::Expired.code(), "signature_expired");
-        assert_eq!(
-            SignatureError::Expired.to_string(),
-            "the signed URL has expired"
-        );
+        assert_eq!(SignatureError::Expired.to_string(), "the signed URL has expired");
     }
 
     #[test]

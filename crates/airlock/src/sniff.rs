@@ -4,14 +4,7 @@
 const OCTET_STREAM: &str = "application/octet-stream";
 
 /// Markup openings that make a browser treat the body as HTML.
-const HTML_PREFIXES: &[&[u8]] = &[
-    b"<!doctype html",
-    b"<html",
-    b"<head",
-    b"<body",
-    b"<script",
-    b"<iframe",
-];
+const HTML_PREFIXES: &[&[u8]] = &[b"<!doctype html", b"<html", b"<head", b"<body", b"<script", b"<iframe"];
 
 /// Alternative spellings of a MIME type, mapped to the one [`normalize_mime`] returns.
 const ALIASES: &[(&str, &str)] = &[
@@ -67,13 +60,8 @@ const ACTIVE_TYPES: &[&str] = &[
 ];
 
 /// Non-`text/*` types whose content is plain text.
-const TEXTUAL_APPLICATION_TYPES: &[&str] = &[
-    "application/json",
-    "application/x-ndjson",
-    "application/yaml",
-    "application/x-yaml",
-    "application/toml",
-];
+const TEXTUAL_APPLICATION_TYPES: &[&str] =
+    &["application/json", "application/x-ndjson", "application/yaml", "application/x-yaml", "application/toml"];
 
 /// Zip-based document formats, which `infer` may report as plain `application/zip`.
 const ZIP_CONTAINERS: &[&str] = &[
@@ -87,11 +75,7 @@ const ZIP_CONTAINERS: &[&str] = &[
 ];
 
 /// OLE2 document formats, which `infer` may report as `application/x-ole-storage`.
-const OLE_CONTAINERS: &[&str] = &[
-    "application/msword",
-    "application/vnd.ms-excel",
-    "application/vnd.ms-powerpoint",
-];
+const OLE_CONTAINERS: &[&str] = &["application/msword", "application/vnd.ms-excel", "application/vnd.ms-powerpoint"];
 
 const DOCX: &str = "application/vnd.openxmlformats-officedocument.wordprocessingml.document";
 const XLSX: &str = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet";
@@ -139,43 +123,16 @@ const EXTENSIONS: &[(&[&str], &[&str])] = &[
     (&["7z"], &["application/x-7z-compressed"]),
     (&["rar"], &["application/vnd.rar"]),
     (&["tar"], &["application/x-tar"]),
-    (
-        &["exe", "dll"],
-        &["application/vnd.microsoft.portable-executable"],
-    ),
-    (
-        &["doc"],
-        &["application/msword", "application/x-ole-storage"],
-    ),
-    (
-        &["xls"],
-        &["application/vnd.ms-excel", "application/x-ole-storage"],
-    ),
-    (
-        &["ppt"],
-        &["application/vnd.ms-powerpoint", "application/x-ole-storage"],
-    ),
+    (&["exe", "dll"], &["application/vnd.microsoft.portable-executable"]),
+    (&["doc"], &["application/msword", "application/x-ole-storage"]),
+    (&["xls"], &["application/vnd.ms-excel", "application/x-ole-storage"]),
+    (&["ppt"], &["application/vnd.ms-powerpoint", "application/x-ole-storage"]),
     (&["docx"], &[DOCX, "application/zip"]),
     (&["xlsx"], &[XLSX, "application/zip"]),
     (&["pptx"], &[PPTX, "application/zip"]),
-    (
-        &["odt"],
-        &["application/vnd.oasis.opendocument.text", "application/zip"],
-    ),
-    (
-        &["ods"],
-        &[
-            "application/vnd.oasis.opendocument.spreadsheet",
-            "application/zip",
-        ],
-    ),
-    (
-        &["odp"],
-        &[
-            "application/vnd.oasis.opendocument.presentation",
-            "application/zip",
-        ],
-    ),
+    (&["odt"], &["application/vnd.oasis.opendocument.text", "application/zip"]),
+    (&["ods"], &["application/vnd.oasis.opendocument.spreadsheet", "application/zip"]),
+    (&["odp"], &["application/vnd.oasis.opendocument.presentation", "application/zip"]),
     (&["epub"], &["application/epub+zip", "application/zip"]),
 ];
 
@@ -208,9 +165,7 @@ pub fn mime_matches(pattern: &str, mime: &str) -> bool {
         return true;
     }
     match pattern.strip_suffix("/*") {
-        Some(wanted) => mime
-            .split_once('/')
-            .is_some_and(|(kind, subtype)| kind == wanted && !subtype.is_empty()),
+        Some(wanted) => mime.split_once('/').is_some_and(|(kind, subtype)| kind == wanted && !subtype.is_empty()),
         None => pattern == mime,
     }
 }
@@ -220,10 +175,7 @@ pub fn mime_matches(pattern: &str, mime: &str) -> bool {
 pub fn normalize_mime(m: &str) -> String {
     let essence = m.split(';').next().unwrap_or_default().trim();
     let lower = essence.to_ascii_lowercase();
-    ALIASES
-        .iter()
-        .find(|(alias, _)| *alias == lower)
-        .map_or(lower, |(_, canonical)| (*canonical).to_owned())
+    ALIASES.iter().find(|(alias, _)| *alias == lower).map_or(lower, |(_, canonical)| (*canonical).to_owned())
 }
 
 /// Whether the client's `declared` type is consistent with the `detected` one.
@@ -239,10 +191,7 @@ pub fn declared_agrees(declared: &str, detected: &str) -> bool {
         return true;
     }
     match detected.as_str() {
-        "text/plain" => {
-            (declared.starts_with("text/") || TEXTUAL_APPLICATION_TYPES.contains(&&*declared))
-                && !is_active_content(&declared)
-        }
+        "text/plain" => (declared.starts_with("text/") || TEXTUAL_APPLICATION_TYPES.contains(&&*declared)) && !is_active_content(&declared),
         "application/zip" => ZIP_CONTAINERS.contains(&&*declared),
         "application/x-ole-storage" => OLE_CONTAINERS.contains(&&*declared),
         _ => false,
@@ -258,10 +207,7 @@ pub fn extension_agrees(ext: Option<&str>, detected: &str) -> bool {
     };
     let ext = ext.trim().trim_start_matches('.').to_ascii_lowercase();
     let detected = normalize_mime(detected);
-    EXTENSIONS
-        .iter()
-        .find(|(exts, _)| exts.contains(&ext.as_str()))
-        .is_none_or(|(_, mimes)| mimes.contains(&detected.as_str()))
+    EXTENSIONS.iter().find(|(exts, _)| exts.contains(&ext.as_str())).is_none_or(|(_, mimes)| mimes.contains(&detected.as_str()))
 }
 
 /// Whether content of type `mime` can execute code: scriptable markup (HTML, SVG and any XML,
@@ -274,26 +220,16 @@ pub fn is_active_content(mime: &str) -> bool {
 /// Recognises HTML, SVG and XML by their opening markup.
 fn sniff_markup(head: &[u8]) -> Option<&'static str> {
     let text = head.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(head);
-    let start = text
-        .iter()
-        .position(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r' | b'\x0C'))
-        .unwrap_or(text.len());
+    let start = text.iter().position(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r' | b'\x0C')).unwrap_or(text.len());
     let text = &text[start..];
 
     if starts_with_ignore_case(text, b"<?xml") {
-        return Some(if contains_ignore_case(text, b"<svg") {
-            "image/svg+xml"
-        } else {
-            "application/xml"
-        });
+        return Some(if contains_ignore_case(text, b"<svg") { "image/svg+xml" } else { "application/xml" });
     }
     if starts_with_ignore_case(text, b"<svg") {
         return Some("image/svg+xml");
     }
-    if HTML_PREFIXES
-        .iter()
-        .any(|prefix| starts_with_ignore_case(text, prefix))
-    {
+    if HTML_PREFIXES.iter().any(|prefix| starts_with_ignore_case(text, prefix)) {
         return Some("text/html");
     }
     // `<!DOCTYPE svg ...>` or a leading comment before the `<svg>` element.
@@ -304,15 +240,11 @@ fn sniff_markup(head: &[u8]) -> Option<&'static str> {
 }
 
 fn starts_with_ignore_case(haystack: &[u8], prefix: &[u8]) -> bool {
-    haystack
-        .get(..prefix.len())
-        .is_some_and(|start| start.eq_ignore_ascii_case(prefix))
+    haystack.get(..prefix.len()).is_some_and(|start| start.eq_ignore_ascii_case(prefix))
 }
 
 fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|window| window.eq_ignore_ascii_case(needle))
+    haystack.windows(needle.len()).any(|window| window.eq_ignore_ascii_case(needle))
 }
 
 /// Valid UTF-8 without NUL bytes, allowing a multi-byte character cut off at the very end.
@@ -330,14 +262,12 @@ fn is_utf8_text(head: &[u8]) -> bool {
 mod tests {
     use super::*;
 
-    const PNG: &[u8] =
-        b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00\x00\x00";
+    const PNG: &[u8] = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00\x00\x00";
     const JPEG: &[u8] = b"\xFF\xD8\xFF\xE0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00";
     const GIF: &[u8] = b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04";
     const PDF: &[u8] = b"%PDF-1.7\n%\xE2\xE3\xCF\xD3\n1 0 obj\n<< /Type /Catalog >>\nendobj\n";
     const ZIP: &[u8] = b"PK\x03\x04\x14\x00\x00\x00\x08\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x05\x00\x00\x00hello";
-    const WAV: &[u8] =
-        b"RIFF\x24\x08\x00\x00WAVEfmt \x10\x00\x00\x00\x01\x00\x02\x00\x44\xAC\x00\x00";
+    const WAV: &[u8] = b"RIFF\x24\x08\x00\x00WAVEfmt \x10\x00\x00\x00\x01\x00\x02\x00\x44\xAC\x00\x00";
 
     fn elf() -> Vec<u8> {
         let mut head = b"\x7FELF\x02\x01\x01\x00".to_vec();
@@ -357,16 +287,10 @@ mod tests {
 
     #[test]
     fn wav_is_reported_with_the_normalised_type() {
-        assert_eq!(
-            infer::get(WAV).map(|kind| kind.mime_type()),
-            Some("audio/x-wav")
-        );
+        assert_eq!(infer::get(WAV).map(|kind| kind.mime_type()), Some("audio/x-wav"));
         assert_eq!(sniff(WAV).as_deref(), Some("audio/wav"));
         assert!(declared_agrees("audio/x-wav", "audio/wav"));
-        assert!(declared_agrees(
-            "audio/wave",
-            &sniff(WAV).unwrap_or_default()
-        ));
+        assert!(declared_agrees("audio/wave", &sniff(WAV).unwrap_or_default()));
         assert!(extension_agrees(Some("wav"), "audio/x-wav"));
     }
 
@@ -378,42 +302,21 @@ mod tests {
 
     #[test]
     fn bare_svg_and_svg_after_a_doctype_are_svg() {
-        assert_eq!(
-            sniff(b"<svg xmlns=\"http://www.w3.org/2000/svg\"/>").as_deref(),
-            Some("image/svg+xml")
-        );
-        assert_eq!(
-            sniff(b"<!DOCTYPE svg PUBLIC \"-//W3C//DTD SVG 1.1//EN\" \"x\">\n<svg/>").as_deref(),
-            Some("image/svg+xml")
-        );
-        assert_eq!(
-            sniff(b"<!-- icon -->\n<svg/>").as_deref(),
-            Some("image/svg+xml")
-        );
+        assert_eq!(sniff(b"<svg xmlns=\"http://www.w3.org/2000/svg\"/>").as_deref(), Some("image/svg+xml"));
+        assert_eq!(sniff(b"<!DOCTYPE svg PUBLIC \"-//W3C//DTD SVG 1.1//EN\" \"x\">\n<svg/>").as_deref(), Some("image/svg+xml"));
+        assert_eq!(sniff(b"<!-- icon -->\n<svg/>").as_deref(), Some("image/svg+xml"));
     }
 
     #[test]
     fn xml_without_svg_is_xml() {
-        assert_eq!(
-            sniff(b"<?xml version=\"1.0\"?><feed/>").as_deref(),
-            Some("application/xml")
-        );
+        assert_eq!(sniff(b"<?xml version=\"1.0\"?><feed/>").as_deref(), Some("application/xml"));
     }
 
     #[test]
     fn html_is_detected_case_insensitively_after_whitespace() {
-        assert_eq!(
-            sniff(b"<!DOCTYPE HTML>\n<html></html>").as_deref(),
-            Some("text/html")
-        );
-        assert_eq!(
-            sniff(b"\r\n\t <HtMl lang=en>").as_deref(),
-            Some("text/html")
-        );
-        assert_eq!(
-            sniff(b"\xEF\xBB\xBF<script>alert(1)</script>").as_deref(),
-            Some("text/html")
-        );
+        assert_eq!(sniff(b"<!DOCTYPE HTML>\n<html></html>").as_deref(), Some("text/html"));
+        assert_eq!(sniff(b"\r\n\t <HtMl lang=en>").as_deref(), Some("text/html"));
+        assert_eq!(sniff(b"\xEF\xBB\xBF<script>alert(1)</script>").as_deref(), Some("text/html"));
         assert_eq!(sniff(b"<iframe src=x>").as_deref(), Some("text/html"));
         assert_eq!(sniff(b"<body onload=x>").as_deref(), Some("text/html"));
         assert_eq!(sniff(b"<head>").as_deref(), Some("text/html"));
@@ -422,24 +325,15 @@ mod tests {
     #[test]
     fn plain_utf8_text_is_text_plain() {
         assert_eq!(sniff(b"hello, world\n").as_deref(), Some("text/plain"));
-        assert_eq!(
-            sniff("name,city\nZoë,Zürich\n".as_bytes()).as_deref(),
-            Some("text/plain")
-        );
+        assert_eq!(sniff("name,city\nZoë,Zürich\n".as_bytes()).as_deref(), Some("text/plain"));
         assert_eq!(sniff(b"{\"a\": 1}").as_deref(), Some("text/plain"));
     }
 
     #[test]
     fn text_cut_in_the_middle_of_a_character_is_still_text() {
         let text = "prix: 10 €".as_bytes();
-        assert_eq!(
-            sniff(&text[..text.len() - 1]).as_deref(),
-            Some("text/plain")
-        );
-        assert_eq!(
-            sniff(&text[..text.len() - 2]).as_deref(),
-            Some("text/plain")
-        );
+        assert_eq!(sniff(&text[..text.len() - 1]).as_deref(), Some("text/plain"));
+        assert_eq!(sniff(&text[..text.len() - 2]).as_deref(), Some("text/plain"));
     }
 
     #[test]
@@ -454,10 +348,7 @@ mod tests {
 
     #[test]
     fn binary_garbage_is_unknown() {
-        assert_eq!(
-            sniff(b"\xDE\xAD\xBE\xEF\x00\x01\x02\xFF\xFE\x80\x81").as_deref(),
-            None
-        );
+        assert_eq!(sniff(b"\xDE\xAD\xBE\xEF\x00\x01\x02\xFF\xFE\x80\x81").as_deref(), None);
     }
 
     #[test]
@@ -509,10 +400,7 @@ mod tests {
     #[test]
     fn passive_text_types_agree_with_detected_plain_text() {
         assert!(declared_agrees("text/csv", "text/plain"));
-        assert!(declared_agrees(
-            "text/markdown; charset=utf-8",
-            "text/plain"
-        ));
+        assert!(declared_agrees("text/markdown; charset=utf-8", "text/plain"));
         assert!(declared_agrees("application/json", "text/plain"));
     }
 
@@ -529,10 +417,7 @@ mod tests {
         assert!(!declared_agrees("image/png", "image/jpeg"));
         assert!(!declared_agrees("image/png", "text/html"));
         assert!(!declared_agrees("image/png", "image/svg+xml"));
-        assert!(!declared_agrees(
-            "application/pdf",
-            "application/x-executable"
-        ));
+        assert!(!declared_agrees("application/pdf", "application/x-executable"));
         assert!(!declared_agrees("text/plain", "application/zip"));
         assert!(!declared_agrees("image/jpeg", "application/octet-stream"));
     }
@@ -540,14 +425,8 @@ mod tests {
     #[test]
     fn office_documents_agree_with_their_generic_container() {
         assert!(declared_agrees(DOCX, "application/zip"));
-        assert!(declared_agrees(
-            "application/msword",
-            "application/x-ole-storage"
-        ));
-        assert!(!declared_agrees(
-            "application/java-archive",
-            "application/zip"
-        ));
+        assert!(declared_agrees("application/msword", "application/x-ole-storage"));
+        assert!(!declared_agrees("application/java-archive", "application/zip"));
     }
 
     #[test]
@@ -560,10 +439,7 @@ mod tests {
         assert!(extension_agrees(Some("svg"), "image/svg+xml"));
         assert!(extension_agrees(Some("m4a"), "audio/m4a"));
         assert!(extension_agrees(Some("flac"), "audio/x-flac"));
-        assert!(extension_agrees(
-            Some("exe"),
-            "application/vnd.microsoft.portable-executable"
-        ));
+        assert!(extension_agrees(Some("exe"), "application/vnd.microsoft.portable-executable"));
         assert!(extension_agrees(Some("docx"), "application/zip"));
     }
 
@@ -618,13 +494,7 @@ mod tests {
 
     #[test]
     fn ordinary_media_is_not_active_content() {
-        for mime in [
-            "image/png",
-            "text/plain",
-            "application/pdf",
-            "video/mp4",
-            "application/zip",
-        ] {
+        for mime in ["image/png", "text/plain", "application/pdf", "video/mp4", "application/zip"] {
             assert!(!is_active_content(mime), "{mime}");
         }
     }

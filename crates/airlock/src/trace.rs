@@ -44,18 +44,11 @@ fn walk(
     deliveries: &HashMap<Uuid, Vec<&DeliveryState>>,
     t0: time::OffsetDateTime,
 ) {
-    let kids = children
-        .get(&node.envelope.event_id)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
+    let kids = children.get(&node.envelope.event_id).map(Vec::as_slice).unwrap_or_default();
     for (i, kid) in kids.iter().enumerate() {
         let last = i + 1 == kids.len();
         let ms = (kid.envelope.created_at - t0).whole_milliseconds();
-        out.push_str(&format!(
-            "{prefix}{}{}  +{ms}ms\n",
-            if last { "└── " } else { "├── " },
-            kid.envelope.versioned_type()
-        ));
+        out.push_str(&format!("{prefix}{}{}  +{ms}ms\n", if last { "└── " } else { "├── " }, kid.envelope.versioned_type()));
         let child_prefix = format!("{prefix}{}", if last { "    " } else { "│   " });
         notes(out, &child_prefix, kid, deliveries);
         walk(out, &child_prefix, kid, children, deliveries, t0);
@@ -63,32 +56,13 @@ fn walk(
 }
 
 /// One line per delivery that is not done: dead, pending a retry, or in progress.
-fn notes(
-    out: &mut String,
-    prefix: &str,
-    e: &LoggedEvent,
-    deliveries: &HashMap<Uuid, Vec<&DeliveryState>>,
-) {
-    for d in deliveries
-        .get(&e.envelope.event_id)
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-    {
-        let err = d
-            .last_error
-            .as_deref()
-            .map(|e| format!(": {e}"))
-            .unwrap_or_default();
+fn notes(out: &mut String, prefix: &str, e: &LoggedEvent, deliveries: &HashMap<Uuid, Vec<&DeliveryState>>) {
+    for d in deliveries.get(&e.envelope.event_id).map(Vec::as_slice).unwrap_or_default() {
+        let err = d.last_error.as_deref().map(|e| format!(": {e}")).unwrap_or_default();
         let line = match d.state.as_str() {
             "done" | "discarded" => continue,
-            "dead" => format!(
-                "✗ {} DEAD after {} attempts{err}",
-                d.subscription, d.attempts
-            ),
-            "leased" => format!(
-                "… {} in progress (attempt {}){err}",
-                d.subscription, d.attempts
-            ),
+            "dead" => format!("✗ {} DEAD after {} attempts{err}", d.subscription, d.attempts),
+            "leased" => format!("… {} in progress (attempt {}){err}", d.subscription, d.attempts),
             _ if d.attempts > 0 => format!(
                 "! {} FAILED {} time(s), retry at {}{err}",
                 d.subscription,

@@ -12,10 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use airlock_events::{
-    BoxFuture, CancellationToken, Envelope, Handler, HandlerCtx, HandlerError, RetryPolicy,
-    SubscriptionSpec,
-};
+use airlock_events::{BoxFuture, CancellationToken, Envelope, Handler, HandlerCtx, HandlerError, RetryPolicy, SubscriptionSpec};
 use base64::Engine;
 use hmac::{Hmac, KeyInit as _, Mac as _};
 use serde::{Deserialize, Serialize};
@@ -78,17 +75,12 @@ pub fn subscription_name(id: &str) -> String {
 pub fn new_secret() -> Result<String, getrandom::Error> {
     let mut buf = [0u8; 32];
     getrandom::fill(&mut buf)?;
-    Ok(format!(
-        "whsec_{}",
-        base64::engine::general_purpose::STANDARD.encode(buf)
-    ))
+    Ok(format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(buf)))
 }
 
 /// The key bytes of a `whsec_` secret, if it is well-formed (at least 24 bytes).
 pub fn secret_key(secret: &str) -> Option<Vec<u8>> {
-    let b = base64::engine::general_purpose::STANDARD
-        .decode(secret.strip_prefix("whsec_")?)
-        .ok()?;
+    let b = base64::engine::general_purpose::STANDARD.decode(secret.strip_prefix("whsec_")?).ok()?;
     (b.len() >= 24 && b.len() <= 64).then_some(b)
 }
 
@@ -102,10 +94,7 @@ pub fn sign(secrets: &[String], msg_id: &str, timestamp: i64, body: &[u8]) -> St
         };
         mac.update(format!("{msg_id}.{timestamp}.").as_bytes());
         mac.update(body);
-        sigs.push(format!(
-            "v1,{}",
-            base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
-        ));
+        sigs.push(format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())));
     }
     sigs.join(" ")
 }
@@ -114,14 +103,8 @@ pub fn sign(secrets: &[String], msg_id: &str, timestamp: i64, body: &[u8]) -> St
 ///
 /// # Errors
 /// Database failures.
-pub async fn list(
-    pool: &sqlx::SqlitePool,
-    tenant: Option<&str>,
-) -> Result<Vec<Webhook>, sqlx::Error> {
-    let rows = sqlx::query("SELECT * FROM webhooks WHERE ($1 IS NULL OR tenant = $1) ORDER BY id")
-        .bind(tenant)
-        .fetch_all(pool)
-        .await?;
+pub async fn list(pool: &sqlx::SqlitePool, tenant: Option<&str>) -> Result<Vec<Webhook>, sqlx::Error> {
+    let rows = sqlx::query("SELECT * FROM webhooks WHERE ($1 IS NULL OR tenant = $1) ORDER BY id").bind(tenant).fetch_all(pool).await?;
     rows.iter().map(Webhook::from_row).collect()
 }
 
@@ -129,16 +112,8 @@ pub async fn list(
 ///
 /// # Errors
 /// Database failures.
-pub async fn get(
-    pool: &sqlx::SqlitePool,
-    tenant: &str,
-    id: &str,
-) -> Result<Option<Webhook>, sqlx::Error> {
-    let row = sqlx::query("SELECT * FROM webhooks WHERE id = $1 AND tenant = $2")
-        .bind(id)
-        .bind(tenant)
-        .fetch_optional(pool)
-        .await?;
+pub async fn get(pool: &sqlx::SqlitePool, tenant: &str, id: &str) -> Result<Option<Webhook>, sqlx::Error> {
+    let row = sqlx::query("SELECT * FROM webhooks WHERE id = $1 AND tenant = $2").bind(id).bind(tenant).fetch_optional(pool).await?;
     row.as_ref().map(Webhook::from_row).transpose()
 }
 
@@ -161,11 +136,7 @@ pub fn retry_policy(r: Option<&WebhookRetry>) -> RetryPolicy {
 }
 
 /// The bus subscription of a webhook.
-pub fn spec(
-    w: &Webhook,
-    retry: RetryPolicy,
-    start_from: Option<time::OffsetDateTime>,
-) -> SubscriptionSpec {
+pub fn spec(w: &Webhook, retry: RetryPolicy, start_from: Option<time::OffsetDateTime>) -> SubscriptionSpec {
     let mut filter = w.filter.clone();
     filter.insert("tenant".into(), Value::String(w.tenant.clone()));
     let mut s = SubscriptionSpec::new(w.subscription(), &[]);
@@ -190,38 +161,22 @@ fn retry_after(h: &reqwest::header::HeaderMap) -> Option<Duration> {
     if let Ok(secs) = v.parse::<u64>() {
         return Some(Duration::from_secs(secs.min(3600)));
     }
-    let when =
-        time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc2822).ok()?;
+    let when = time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc2822).ok()?;
     let d = when - time::OffsetDateTime::now_utc();
-    Some(
-        Duration::try_from(d)
-            .unwrap_or_default()
-            .min(Duration::from_secs(3600)),
-    )
+    Some(Duration::try_from(d).unwrap_or_default().min(Duration::from_secs(3600)))
 }
 
 impl Handler for Deliver {
-    fn handle<'a>(
-        &'a self,
-        ev: &'a Envelope,
-        _cx: &'a mut HandlerCtx,
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+    fn handle<'a>(&'a self, ev: &'a Envelope, _cx: &'a mut HandlerCtx) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
-            let row = sqlx::query("SELECT * FROM webhooks WHERE id = $1")
-                .bind(&self.webhook_id)
-                .fetch_optional(self.app.bus.pool())
-                .await?;
+            let row = sqlx::query("SELECT * FROM webhooks WHERE id = $1").bind(&self.webhook_id).fetch_optional(self.app.bus.pool()).await?;
             let Some(w) = row.as_ref().map(Webhook::from_row).transpose()? else {
                 return Err(HandlerError::permanent("webhook deleted"));
             };
             if w.disabled_at.is_some() {
-                return Err(HandlerError::permanent(format!(
-                    "webhook disabled: {}",
-                    w.disabled_reason.unwrap_or_default()
-                )));
+                return Err(HandlerError::permanent(format!("webhook disabled: {}", w.disabled_reason.unwrap_or_default())));
             }
-            let body = serde_json::to_vec(&ev.to_cloudevent())
-                .map_err(|e| HandlerError::permanent(e.to_string()))?;
+            let body = serde_json::to_vec(&ev.to_cloudevent()).map_err(|e| HandlerError::permanent(e.to_string()))?;
             let msg_id = ev.event_id.to_string();
             let ts = time::OffsetDateTime::now_utc().unix_timestamp();
             let signature = sign(&w.secrets, &msg_id, ts, &body);
@@ -229,10 +184,7 @@ impl Handler for Deliver {
                 .client
                 .post(&w.url)
                 .timeout(Duration::from_millis(w.timeout_ms as u64))
-                .header(
-                    reqwest::header::CONTENT_TYPE,
-                    "application/cloudevents+json",
-                )
+                .header(reqwest::header::CONTENT_TYPE, "application/cloudevents+json")
                 .header("webhook-id", &msg_id)
                 .header("webhook-timestamp", ts.to_string())
                 .header("webhook-signature", signature)
@@ -249,10 +201,7 @@ impl Handler for Deliver {
                     } else {
                         "request failed"
                     };
-                    return Err(HandlerError::retryable(format!(
-                        "{kind}: {}",
-                        without_url(&e)
-                    )));
+                    return Err(HandlerError::retryable(format!("{kind}: {}", without_url(&e))));
                 }
             };
             let status = res.status();
@@ -260,24 +209,14 @@ impl Handler for Deliver {
                 return Ok(());
             }
             let after = retry_after(res.headers());
-            let text: String = res
-                .text()
-                .await
-                .unwrap_or_default()
-                .chars()
-                .take(200)
-                .collect();
+            let text: String = res.text().await.unwrap_or_default().chars().take(200).collect();
             let msg = format!("HTTP {}: {}", status.as_u16(), text.trim());
             match status.as_u16() {
                 410 => {
-                    disable(&self.app, &w.id, "the receiver answered 410 Gone")
-                        .await
-                        .map_err(HandlerError::from)?;
+                    disable(&self.app, &w.id, "the receiver answered 410 Gone").await.map_err(HandlerError::from)?;
                     Err(HandlerError::permanent(format!("{msg} (webhook disabled)")))
                 }
-                429 | 503 if after.is_some() => {
-                    Err(HandlerError::retry_after(msg, after.unwrap_or_default()))
-                }
+                429 | 503 if after.is_some() => Err(HandlerError::retry_after(msg, after.unwrap_or_default())),
                 _ => Err(HandlerError::retryable(msg)),
             }
         })
@@ -292,11 +231,7 @@ fn without_url(e: &reqwest::Error) -> String {
         s = err.to_string();
         src = err.source();
     }
-    if s.is_empty() {
-        "no response".into()
-    } else {
-        s
-    }
+    if s.is_empty() { "no response".into() } else { s }
 }
 
 /// Disables a webhook: no new deliveries are fanned out to it.
@@ -319,24 +254,18 @@ pub async fn disable(app: &App, id: &str, reason: &str) -> Result<(), airlock_ev
 /// deleted ones. Webhooks may be created by another process (an API-only node), so it polls.
 pub fn spawn_supervisor(app: App, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let client = match reqwest::Client::builder()
-            .user_agent("Airlock-Webhooks/1")
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-        {
+        let client = match reqwest::Client::builder().user_agent("Airlock-Webhooks/1").redirect(reqwest::redirect::Policy::none()).build() {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "Cannot build the webhook HTTP client; webhooks will not be delivered.");
                 return;
             }
         };
-        let mut running: HashMap<String, (CancellationToken, tokio::task::JoinHandle<()>)> =
-            HashMap::new();
+        let mut running: HashMap<String, (CancellationToken, tokio::task::JoinHandle<()>)> = HashMap::new();
         loop {
             match list(app.bus.pool(), None).await {
                 Ok(hooks) => {
-                    let live: HashMap<String, Webhook> =
-                        hooks.into_iter().map(|w| (w.id.clone(), w)).collect();
+                    let live: HashMap<String, Webhook> = hooks.into_iter().map(|w| (w.id.clone(), w)).collect();
                     running.retain(|id, (stop, _)| {
                         let keep = live.contains_key(id);
                         if !keep {
@@ -349,23 +278,17 @@ pub fn spawn_supervisor(app: App, shutdown: CancellationToken) -> tokio::task::J
                             continue;
                         }
                         let stop = shutdown.child_token();
-                        let handler = Arc::new(Deliver {
-                            app: app.clone(),
-                            client: client.clone(),
-                            webhook_id: id.clone(),
-                        });
+                        let handler = Arc::new(Deliver { app: app.clone(), client: client.clone(), webhook_id: id.clone() });
                         // Registration keeps the stored policy; it is set when the webhook is created.
                         match app.bus.subscription(&w.subscription()).await {
-                            Ok(Some(spec)) => {
-                                match app.bus.spawn_consumer(spec, handler, stop.clone()).await {
-                                    Ok(task) => {
-                                        running.insert(id, (stop, task));
-                                    }
-                                    Err(e) => {
-                                        tracing::warn!(webhook = %id, error = %e, "Starting a webhook worker failed.")
-                                    }
+                            Ok(Some(spec)) => match app.bus.spawn_consumer(spec, handler, stop.clone()).await {
+                                Ok(task) => {
+                                    running.insert(id, (stop, task));
                                 }
-                            }
+                                Err(e) => {
+                                    tracing::warn!(webhook = %id, error = %e, "Starting a webhook worker failed.")
+                                }
+                            },
                             Ok(None) => {}
                             Err(e) => {
                                 tracing::warn!(webhook = %id, error = %e, "Loading a webhook subscription failed.")

@@ -8,10 +8,7 @@ use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use airlock_events::{
-    BusOptions, CancellationToken, Envelope, EventContext, Handler, HandlerCtx, HandlerError,
-    RetryPolicy, SubscriptionSpec,
-};
+use airlock_events::{BusOptions, CancellationToken, Envelope, EventContext, Handler, HandlerCtx, HandlerError, RetryPolicy, SubscriptionSpec};
 use serde_json::json;
 use sqlx::Row;
 
@@ -23,11 +20,7 @@ const TARGET: i64 = 5000;
 struct Flaky;
 
 impl Handler for Flaky {
-    fn handle<'a>(
-        &'a self,
-        event: &'a Envelope,
-        cx: &'a mut HandlerCtx,
-    ) -> airlock_events::BoxFuture<'a, Result<(), HandlerError>> {
+    fn handle<'a>(&'a self, event: &'a Envelope, cx: &'a mut HandlerCtx) -> airlock_events::BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
             let sub = cx.subscription.to_string();
             sqlx::query("INSERT INTO effects (subscription, event_id, n) VALUES ($1, $2, $3)")
@@ -46,11 +39,7 @@ impl Handler for Flaky {
 
 fn spec(name: &str, patterns: &[&str]) -> SubscriptionSpec {
     let mut s = SubscriptionSpec::new(name, patterns);
-    s.retry = RetryPolicy {
-        max_attempts: 1000,
-        base: Duration::from_millis(5),
-        cap: Duration::from_millis(50),
-    };
+    s.retry = RetryPolicy { max_attempts: 1000, base: Duration::from_millis(5), cap: Duration::from_millis(50) };
     s.lease = Duration::from_millis(600);
     s
 }
@@ -62,42 +51,22 @@ async fn child_process() {
         return;
     };
     let finish = std::env::var("KILLTEST_FINISH").is_ok();
-    let (bus, _) = backend_at(
-        std::path::Path::new(&dir),
-        BusOptions {
-            poll_interval: Duration::from_millis(100),
-            claim_batch: 32,
-        },
-    )
-    .await;
+    let (bus, _) = backend_at(std::path::Path::new(&dir), BusOptions { poll_interval: Duration::from_millis(100), claim_batch: 32 }).await;
     let stop = CancellationToken::new();
     bus.spawn_timers(stop.clone());
-    bus.spawn_consumer(
-        spec("all", &["test.*"]),
-        std::sync::Arc::new(Flaky),
-        stop.clone(),
-    )
-    .await
-    .expect("all");
+    bus.spawn_consumer(spec("all", &["test.*"]), std::sync::Arc::new(Flaky), stop.clone()).await.expect("all");
     let mut evens = spec("evens", &["test.happened"]);
     evens.filter.insert("group".into(), json!("even"));
-    bus.spawn_consumer(evens, std::sync::Arc::new(Flaky), stop.clone())
-        .await
-        .expect("evens");
+    bus.spawn_consumer(evens, std::sync::Arc::new(Flaky), stop.clone()).await.expect("evens");
     let mut ordered = spec("ordered", &["test.happened"]);
     ordered.ordered = true;
     ordered.concurrency = 8;
-    bus.spawn_consumer(ordered, std::sync::Arc::new(Flaky), stop.clone())
-        .await
-        .expect("ordered");
+    bus.spawn_consumer(ordered, std::sync::Arc::new(Flaky), stop.clone()).await.expect("ordered");
 
     loop {
         let mut tx = bus.begin().await.expect("begin");
         let committed: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE event_type = 'test.happened'")
-                .fetch_one(tx.conn())
-                .await
-                .expect("count");
+            sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE event_type = 'test.happened'").fetch_one(tx.conn()).await.expect("count");
         if committed >= TARGET {
             break;
         }
@@ -115,15 +84,8 @@ async fn child_process() {
             .collect();
         tx.publish_all(&events).await.expect("publish");
         let at = airlock_events::envelope::now_utc() + Duration::from_millis(fastrand::u64(0..400));
-        let timer = EventContext::root("t", "timers", None).event(
-            "test.ticked",
-            1,
-            "timers",
-            json!({"n": committed, "doomed": doomed}),
-        );
-        tx.schedule(&format!("tick-{committed}"), at, &timer)
-            .await
-            .expect("schedule");
+        let timer = EventContext::root("t", "timers", None).event("test.ticked", 1, "timers", json!({"n": committed, "doomed": doomed}));
+        tx.schedule(&format!("tick-{committed}"), at, &timer).await.expect("schedule");
         if doomed {
             tx.rollback().await.expect("rollback");
         } else {
@@ -135,10 +97,7 @@ async fn child_process() {
         std::future::pending::<()>().await;
     }
     loop {
-        let timers: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM timers")
-            .fetch_one(bus.pool())
-            .await
-            .expect("timers");
+        let timers: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM timers").fetch_one(bus.pool()).await.expect("timers");
         if timers == 0 && bus.unfinished().await.expect("unfinished") == 0 {
             break;
         }
@@ -153,15 +112,10 @@ async fn kill_test_loses_nothing_and_applies_nothing_twice() {
     let exe = std::env::current_exe().expect("exe");
     let spawn = |finish: bool| {
         let mut cmd = Command::new(&exe);
-        cmd.args([
-            "--exact",
-            "kill::child_process",
-            "--include-ignored",
-            "--nocapture",
-        ])
-        .env("KILLTEST_DIR", dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        cmd.args(["--exact", "kill::child_process", "--include-ignored", "--nocapture"])
+            .env("KILLTEST_DIR", dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
         if finish {
             cmd.env("KILLTEST_FINISH", "1");
         }
@@ -191,72 +145,44 @@ async fn kill_test_loses_nothing_and_applies_nothing_twice() {
 
     let (bus, _) = backend_at(dir.path(), BusOptions::default()).await;
     let pool = bus.pool();
-    let committed: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE event_type = 'test.happened'")
+    let committed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE event_type = 'test.happened'").fetch_one(pool).await.expect("q");
+    assert_eq!(committed, TARGET, "every committed event is in the log");
+    let doomed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE json_extract(payload, '$.doomed') = 1").fetch_one(pool).await.expect("q");
+    assert_eq!(doomed, 0, "nothing rolled back was published");
+    let doomed_effects: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM effects f JOIN events e ON e.event_id = f.event_id WHERE json_extract(e.payload, '$.doomed') = 1")
             .fetch_one(pool)
             .await
             .expect("q");
-    assert_eq!(committed, TARGET, "every committed event is in the log");
-    let doomed: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM events WHERE json_extract(payload, '$.doomed') = 1",
-    )
-    .fetch_one(pool)
-    .await
-    .expect("q");
-    assert_eq!(doomed, 0, "nothing rolled back was published");
-    let doomed_effects: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM effects f JOIN events e ON e.event_id = f.event_id WHERE json_extract(e.payload, '$.doomed') = 1")
-        .fetch_one(pool)
-        .await
-        .expect("q");
     assert_eq!(doomed_effects, 0);
 
     for (sub, condition) in [
         ("all", "e.event_type IN ('test.happened', 'test.ticked')"),
-        (
-            "evens",
-            "e.event_type = 'test.happened' AND json_extract(e.payload, '$.group') = 'even'",
-        ),
+        ("evens", "e.event_type = 'test.happened' AND json_extract(e.payload, '$.group') = 'even'"),
         ("ordered", "e.event_type = 'test.happened'"),
     ] {
         let sql = format!(
             "SELECT COUNT(*) AS expected, SUM(CASE WHEN (SELECT COUNT(*) FROM effects f WHERE f.subscription = '{sub}' AND f.event_id = e.event_id) = 1 THEN 1 ELSE 0 END) AS once
              FROM events e WHERE {condition}"
         );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .fetch_one(pool)
-            .await
-            .expect("q");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_one(pool).await.expect("q");
         let (expected, once): (i64, i64) = (row.get("expected"), row.get("once"));
         assert!(expected > 0);
-        assert_eq!(
-            once, expected,
-            "{sub}: every matching committed event handled exactly once"
-        );
-        let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM effects WHERE subscription = $1")
-            .bind(sub)
-            .fetch_one(pool)
-            .await
-            .expect("q");
-        assert_eq!(
-            total, expected,
-            "{sub}: no effect applied twice or for a foreign event"
-        );
+        assert_eq!(once, expected, "{sub}: every matching committed event handled exactly once");
+        let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM effects WHERE subscription = $1").bind(sub).fetch_one(pool).await.expect("q");
+        assert_eq!(total, expected, "{sub}: no effect applied twice or for a foreign event");
     }
 
-    let batches: i64 =
-        sqlx::query_scalar("SELECT COUNT(DISTINCT json_extract(payload, '$.batch')) FROM events WHERE event_type = 'test.happened'").fetch_one(pool).await.expect("q");
-    let ticks: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE event_type = 'test.ticked'")
-            .fetch_one(pool)
-            .await
-            .expect("q");
-    let distinct: i64 =
-        sqlx::query_scalar("SELECT COUNT(DISTINCT json_extract(payload, '$.n')) FROM events WHERE event_type = 'test.ticked'").fetch_one(pool).await.expect("q");
-    assert_eq!(
-        (ticks, distinct),
-        (batches, batches),
-        "each committed batch's timer fired exactly once"
-    );
+    let batches: i64 = sqlx::query_scalar("SELECT COUNT(DISTINCT json_extract(payload, '$.batch')) FROM events WHERE event_type = 'test.happened'")
+        .fetch_one(pool)
+        .await
+        .expect("q");
+    let ticks: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE event_type = 'test.ticked'").fetch_one(pool).await.expect("q");
+    let distinct: i64 = sqlx::query_scalar("SELECT COUNT(DISTINCT json_extract(payload, '$.n')) FROM events WHERE event_type = 'test.ticked'")
+        .fetch_one(pool)
+        .await
+        .expect("q");
+    assert_eq!((ticks, distinct), (batches, batches), "each committed batch's timer fired exactly once");
 
     let rows = sqlx::query(
         "SELECT e.subject, f.n FROM effects f JOIN events e ON e.event_id = f.event_id WHERE f.subscription = 'ordered' ORDER BY f.rowid",
@@ -268,10 +194,7 @@ async fn kill_test_loses_nothing_and_applies_nothing_twice() {
     for r in rows {
         let (subject, n): (String, i64) = (r.get("subject"), r.get("n"));
         if let Some(prev) = last.insert(subject.clone(), n) {
-            assert!(
-                n > prev,
-                "ordered subscription: {subject} handled {n} after {prev}"
-            );
+            assert!(n > prev, "ordered subscription: {subject} handled {n} after {prev}");
         }
     }
     eprintln!("kill test: {kills} SIGKILLs, {committed} events, {batches} batches verified");

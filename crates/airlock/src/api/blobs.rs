@@ -45,40 +45,20 @@ pub async fn put_bytes(
 ) -> Result<axum::Json<Value>, ApiError> {
     let file_id = parse_id(&id)?;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let claims = app
-        .signer
-        .verify(
-            Method::Put,
-            file_id,
-            query.as_deref().unwrap_or_default(),
-            now,
-        )
-        .map_err(signature_error)?;
-    let file = files::get(app.bus.pool(), file_id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("file"))?;
+    let claims = app.signer.verify(Method::Put, file_id, query.as_deref().unwrap_or_default(), now).map_err(signature_error)?;
+    let file = files::get(app.bus.pool(), file_id).await?.ok_or_else(|| ApiError::not_found("file"))?;
     match file.status {
         Status::Pending => {}
         Status::Expired => {
-            return Err(ApiError::new(
-                StatusCode::GONE,
-                "upload_expired",
-                "the upload window has closed",
-            ));
+            return Err(ApiError::new(StatusCode::GONE, "upload_expired", "the upload window has closed"));
         }
         Status::Deleted => return Err(ApiError::not_found("file")),
         _ => {
-            return Err(ApiError::conflict(
-                "already_uploaded",
-                "this file's bytes were already uploaded",
-            ));
+            return Err(ApiError::conflict("already_uploaded", "this file's bytes were already uploaded"));
         }
     }
     if let Some(expected) = &claims.content_type {
-        let sent = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(crate::sniff::normalize_mime);
+        let sent = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(crate::sniff::normalize_mime);
         if sent.as_deref() != Some(expected.as_str()) {
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -87,58 +67,32 @@ pub async fn put_bytes(
             ));
         }
     }
-    let limit = claims
-        .max_bytes
-        .unwrap_or(u64::MAX)
-        .min(file.max_bytes as u64);
-    let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "upload_too_large",
-            format!("this upload is limited to {limit} bytes"),
-        )
-    };
+    let limit = claims.max_bytes.unwrap_or(u64::MAX).min(file.max_bytes as u64);
+    let too_large = || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "upload_too_large", format!("this upload is limited to {limit} bytes"));
     // A Content-Length may only refuse early; the bytes actually received are what count.
-    if let Some(len) = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
+    if let Some(len) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
         && len > limit
     {
         return Err(too_large());
     }
     let key = quarantine_key(&file.tenant, file_id, Uuid::now_v7());
-    let written = match app
-        .blobs
-        .write_stream(&key, body.into_data_stream(), limit)
-        .await
-    {
+    let written = match app.blobs.write_stream(&key, body.into_data_stream(), limit).await {
         Ok(w) => w,
         Err(WriteError::TooLarge { .. }) => return Err(too_large()),
         Err(WriteError::Body(e)) => {
-            return Err(ApiError::bad_request(
-                "body_incomplete",
-                format!("the request body ended early: {e}"),
-            ));
+            return Err(ApiError::bad_request("body_incomplete", format!("the request body ended early: {e}")));
         }
         Err(WriteError::Store(e)) => return Err(e.into()),
     };
 
     let mut tx = app.bus.begin().await?;
-    let cancelled = tx
-        .cancel_timer(&crate::api::uploads::expiry_timer(file_id))
-        .await?;
+    let cancelled = tx.cancel_timer(&crate::api::uploads::expiry_timer(file_id)).await?;
     let moved = cancelled
         && files::transition(
             tx.conn(),
             file_id,
             Status::Uploaded,
-            &Changes {
-                bytes: Some(written.bytes as i64),
-                sha256: Some(&written.sha256),
-                quarantine_key: Some(&key),
-                ..Default::default()
-            },
+            &Changes { bytes: Some(written.bytes as i64), sha256: Some(&written.sha256), quarantine_key: Some(&key), ..Default::default() },
         )
         .await?;
     if !moved {
@@ -146,15 +100,10 @@ pub async fn put_bytes(
         let _ = app.blobs.delete(&key).await;
         let now = files::get(app.bus.pool(), file_id).await?.map(|f| f.status);
         return Err(match now {
-            Some(Status::Pending | Status::Expired) => ApiError::new(
-                StatusCode::GONE,
-                "upload_expired",
-                "the upload window closed before the bytes were in",
-            ),
-            _ => ApiError::conflict(
-                "already_uploaded",
-                "this file's bytes were already uploaded",
-            ),
+            Some(Status::Pending | Status::Expired) => {
+                ApiError::new(StatusCode::GONE, "upload_expired", "the upload window closed before the bytes were in")
+            }
+            _ => ApiError::conflict("already_uploaded", "this file's bytes were already uploaded"),
         });
     }
     let chain = EventContext {
@@ -173,51 +122,29 @@ pub async fn put_bytes(
     .await?;
     tx.commit().await?;
     tracing::info!(%file_id, bytes = written.bytes, "Upload stored in quarantine.");
-    Ok(axum::Json(
-        json!({"file_id": file_id, "status": "uploaded", "bytes": written.bytes, "sha256": written.sha256}),
-    ))
+    Ok(axum::Json(json!({"file_id": file_id, "status": "uploaded", "bytes": written.bytes, "sha256": written.sha256})))
 }
 
 #[utoipa::path(get, path = "/v1/blobs/{id}", tag = "bytes", params(("id" = String, Path, description = "file id")),
     responses((status = 200, description = "the bytes"), (status = 206, description = "a range of the bytes"), (status = 304, description = "not modified"),
               (status = 403, description = "missing, tampered or expired signature"), (status = 416, description = "range not satisfiable")))]
-pub async fn get_bytes(
-    State(app): State<App>,
-    Path(id): Path<String>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
+pub async fn get_bytes(State(app): State<App>, Path(id): Path<String>, RawQuery(query): RawQuery, headers: HeaderMap) -> Result<Response, ApiError> {
     let file_id = parse_id(&id)?;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let claims = app
-        .signer
-        .verify(
-            Method::Get,
-            file_id,
-            query.as_deref().unwrap_or_default(),
-            now,
-        )
-        .map_err(signature_error)?;
-    let file = files::get(app.bus.pool(), file_id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("file"))?;
+    let claims = app.signer.verify(Method::Get, file_id, query.as_deref().unwrap_or_default(), now).map_err(signature_error)?;
+    let file = files::get(app.bus.pool(), file_id).await?.ok_or_else(|| ApiError::not_found("file"))?;
     if file.status != Status::Promoted {
         return Err(ApiError::not_found("file"));
     }
     let (key, mime, etag_src) = match &claims.variant {
         None => (
-            file.object_key
-                .clone()
-                .ok_or_else(|| ApiError::not_found("file"))?,
+            file.object_key.clone().ok_or_else(|| ApiError::not_found("file"))?,
             file.detected_type.clone().unwrap_or_default(),
             file.sha256.clone().unwrap_or_default(),
         ),
         Some(v) => {
-            let variant = file
-                .variants
-                .as_array()
-                .and_then(|a| a.iter().find(|x| x["name"] == v.as_str()))
-                .ok_or_else(|| ApiError::not_found("variant"))?;
+            let variant =
+                file.variants.as_array().and_then(|a| a.iter().find(|x| x["name"] == v.as_str())).ok_or_else(|| ApiError::not_found("variant"))?;
             (
                 variant["key"].as_str().unwrap_or_default().to_owned(),
                 variant["mime"].as_str().unwrap_or_default().to_owned(),
@@ -225,18 +152,10 @@ pub async fn get_bytes(
             )
         }
     };
-    let len = app
-        .blobs
-        .size(&key)
-        .await?
-        .ok_or_else(|| ApiError::not_found("file"))?;
+    let len = app.blobs.size(&key).await?.ok_or_else(|| ApiError::not_found("file"))?;
     let etag = format!("\"{etag_src}\"");
     let mut res_headers = HeaderMap::new();
-    let mime = if mime.is_empty() {
-        "application/octet-stream".to_owned()
-    } else {
-        mime
-    };
+    let mime = if mime.is_empty() { "application/octet-stream".to_owned() } else { mime };
     let set = |h: &mut HeaderMap, k: header::HeaderName, v: &str| {
         if let Ok(v) = HeaderValue::from_str(v) {
             h.insert(k, v);
@@ -247,67 +166,29 @@ pub async fn get_bytes(
     set(&mut res_headers, header::ACCEPT_RANGES, "bytes");
     set(&mut res_headers, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
     set(&mut res_headers, header::CONTENT_SECURITY_POLICY, "sandbox");
-    set(
-        &mut res_headers,
-        header::CACHE_CONTROL,
-        "private, max-age=300",
-    );
-    set(
-        &mut res_headers,
-        header::CONTENT_DISPOSITION,
-        &crate::names::content_disposition(&file.filename),
-    );
+    set(&mut res_headers, header::CACHE_CONTROL, "private, max-age=300");
+    set(&mut res_headers, header::CONTENT_DISPOSITION, &crate::names::content_disposition(&file.filename));
 
-    let inm = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok());
+    let inm = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok());
     if inm.is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*")) {
         return Ok((StatusCode::NOT_MODIFIED, res_headers).into_response());
     }
     // If-Range: a range only applies to the representation it was computed from.
-    let if_range_ok = headers
-        .get(header::IF_RANGE)
-        .and_then(|v| v.to_str().ok())
-        .is_none_or(|v| v.trim() == etag);
-    let range_header = if if_range_ok {
-        headers.get(header::RANGE).and_then(|v| v.to_str().ok())
-    } else {
-        None
-    };
+    let if_range_ok = headers.get(header::IF_RANGE).and_then(|v| v.to_str().ok()).is_none_or(|v| v.trim() == etag);
+    let range_header = if if_range_ok { headers.get(header::RANGE).and_then(|v| v.to_str().ok()) } else { None };
     match parse_range(range_header, len) {
         ByteRange::Unsatisfiable => {
-            set(
-                &mut res_headers,
-                header::CONTENT_RANGE,
-                &crate::range::unsatisfied_content_range(len),
-            );
-            let mut err = ApiError::new(
-                StatusCode::RANGE_NOT_SATISFIABLE,
-                "range_not_satisfiable",
-                format!("the object has {len} bytes"),
-            )
-            .into_response();
+            set(&mut res_headers, header::CONTENT_RANGE, &crate::range::unsatisfied_content_range(len));
+            let mut err =
+                ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable", format!("the object has {len} bytes")).into_response();
             err.headers_mut().extend(res_headers);
             Ok(err)
         }
         ByteRange::Partial { start, end } => {
             let stream = app.blobs.read(&key, Some((start, end))).await?;
-            set(
-                &mut res_headers,
-                header::CONTENT_RANGE,
-                &content_range(start, end, len),
-            );
-            set(
-                &mut res_headers,
-                header::CONTENT_LENGTH,
-                &(end - start + 1).to_string(),
-            );
-            Ok((
-                StatusCode::PARTIAL_CONTENT,
-                res_headers,
-                Body::from_stream(stream),
-            )
-                .into_response())
+            set(&mut res_headers, header::CONTENT_RANGE, &content_range(start, end, len));
+            set(&mut res_headers, header::CONTENT_LENGTH, &(end - start + 1).to_string());
+            Ok((StatusCode::PARTIAL_CONTENT, res_headers, Body::from_stream(stream)).into_response())
         }
         ByteRange::Full => {
             let stream = app.blobs.read(&key, None).await?;

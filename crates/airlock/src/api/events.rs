@@ -13,9 +13,7 @@ use crate::auth::Tenant;
 use crate::error::{ApiError, Query};
 
 pub fn router() -> Router<App> {
-    Router::new()
-        .route("/v1/events", get(list_events))
-        .route("/v1/catalog", get(catalog))
+    Router::new().route("/v1/events", get(list_events)).route("/v1/catalog", get(catalog))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -33,17 +31,10 @@ pub struct EventParams {
 
 #[utoipa::path(get, path = "/v1/events", tag = "events", params(EventParams),
     responses((status = 200, description = "events oldest first, each with its deliveries, and `next_after`")), security(("api_key" = [])))]
-pub async fn list_events(
-    State(app): State<App>,
-    Tenant(tenant): Tenant,
-    Query(p): Query<EventParams>,
-) -> Result<axum::Json<Value>, ApiError> {
+pub async fn list_events(State(app): State<App>, Tenant(tenant): Tenant, Query(p): Query<EventParams>) -> Result<axum::Json<Value>, ApiError> {
     let limit = p.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            "limit must be between 1 and 1000",
-        ));
+        return Err(ApiError::bad_request("invalid_query", "limit must be between 1 and 1000"));
     }
     let events = app
         .bus
@@ -56,14 +47,8 @@ pub async fn list_events(
             subject: None,
         })
         .await?;
-    let next = if events.len() as i64 == limit {
-        events.last().map(|e| e.seq)
-    } else {
-        None
-    };
-    Ok(axum::Json(
-        json!({"events": crate::api::files::with_deliveries(&app, events).await?, "next_after": next}),
-    ))
+    let next = if events.len() as i64 == limit { events.last().map(|e| e.seq) } else { None };
+    Ok(axum::Json(json!({"events": crate::api::files::with_deliveries(&app, events).await?, "next_after": next})))
 }
 
 #[utoipa::path(get, path = "/v1/catalog", tag = "events", responses((status = 200, description = "every event type with its schema")))]

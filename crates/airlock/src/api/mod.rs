@@ -35,11 +35,7 @@ fn valid_correlation_id(s: &str) -> bool {
 /// W3C trace context: `00-<32 hex>-<16 hex>-<2 hex>`, ids not all zero.
 pub fn valid_traceparent(s: &str) -> bool {
     let parts: Vec<&str> = s.split('-').collect();
-    let hex = |p: &str, n: usize| {
-        p.len() == n
-            && p.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    };
+    let hex = |p: &str, n: usize| p.len() == n && p.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
     parts.len() == 4
         && hex(parts[0], 2)
         && parts[0] != "ff"
@@ -58,19 +54,11 @@ async fn context(mut req: Request, next: Next) -> Response {
         .filter(|v| valid_correlation_id(v))
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-    let traceparent = req
-        .headers()
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|v| valid_traceparent(v))
-        .map(str::to_owned);
+    let traceparent =
+        req.headers().get("traceparent").and_then(|v| v.to_str().ok()).map(str::trim).filter(|v| valid_traceparent(v)).map(str::to_owned);
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    req.extensions_mut().insert(RequestContext {
-        correlation_id: correlation_id.clone(),
-        traceparent,
-    });
+    req.extensions_mut().insert(RequestContext { correlation_id: correlation_id.clone(), traceparent });
     let span = tracing::info_span!("request", %method, %path, correlation_id = %correlation_id);
     let started = std::time::Instant::now();
     let mut res = tracing::Instrument::instrument(next.run(req), span).await;
@@ -104,10 +92,7 @@ impl utoipa::Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "api_key",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-        );
+        components.add_security_scheme("api_key", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
     }
 }
 
@@ -120,10 +105,7 @@ pub fn router(app: App) -> Router {
         .merge(events::router())
         .merge(ops::router())
         .merge(subscriptions::router())
-        .route(
-            "/openapi.json",
-            axum::routing::get(|| async { axum::Json(ApiDoc::openapi()) }),
-        )
+        .route("/openapi.json", axum::routing::get(|| async { axum::Json(ApiDoc::openapi()) }))
         .fallback(|| async { crate::error::ApiError::not_found("route") })
         .layer(axum::middleware::from_fn(context))
         .with_state(app)
@@ -135,31 +117,17 @@ mod tests {
 
     #[test]
     fn traceparents_are_checked_to_the_w3c_format() {
-        assert!(valid_traceparent(
-            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-        ));
-        assert!(!valid_traceparent(
-            "00-00000000000000000000000000000000-b7ad6b7169203331-01"
-        ));
-        assert!(!valid_traceparent(
-            "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01"
-        ));
-        assert!(!valid_traceparent(
-            "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-        ));
+        assert!(valid_traceparent("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"));
+        assert!(!valid_traceparent("00-00000000000000000000000000000000-b7ad6b7169203331-01"));
+        assert!(!valid_traceparent("00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01"));
+        assert!(!valid_traceparent("ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"));
         assert!(!valid_traceparent("garbage"));
     }
 
     #[test]
     fn the_openapi_document_lists_the_routes() {
         let doc = serde_json::to_value(ApiDoc::openapi()).expect("json");
-        for path in [
-            "/v1/uploads",
-            "/v1/files/{id}",
-            "/v1/files/{id}/download",
-            "/v1/events",
-            "/readyz",
-        ] {
+        for path in ["/v1/uploads", "/v1/files/{id}", "/v1/files/{id}/download", "/v1/events", "/readyz"] {
             assert!(doc["paths"].get(path).is_some(), "{path} missing");
         }
     }

@@ -12,10 +12,7 @@ use sqlx::Row;
 use crate::app::App;
 
 pub fn router() -> Router<App> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+    Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz)).route("/metrics", get(metrics))
 }
 
 #[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, description = "the process is alive")))]
@@ -41,11 +38,7 @@ pub async fn readyz(State(app): State<App>) -> (StatusCode, axum::Json<Value>) {
         }
     };
     let ready = db["status"] == "ok" && storage["status"] == "ok";
-    let code = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
+    let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (
         code,
         axum::Json(
@@ -58,24 +51,14 @@ pub async fn readyz(State(app): State<App>) -> (StatusCode, axum::Json<Value>) {
 pub async fn metrics(State(app): State<App>) -> impl IntoResponse {
     let mut out = String::new();
     out.push_str("# HELP airlock_files Files by status.\n# TYPE airlock_files gauge\n");
-    if let Ok(rows) = sqlx::query("SELECT status, COUNT(*) AS n FROM files GROUP BY status")
-        .fetch_all(app.bus.pool())
-        .await
-    {
+    if let Ok(rows) = sqlx::query("SELECT status, COUNT(*) AS n FROM files GROUP BY status").fetch_all(app.bus.pool()).await {
         for r in rows {
-            out.push_str(&format!(
-                "airlock_files{{status=\"{}\"}} {}\n",
-                r.get::<String, _>("status"),
-                r.get::<i64, _>("n")
-            ));
+            out.push_str(&format!("airlock_files{{status=\"{}\"}} {}\n", r.get::<String, _>("status"), r.get::<i64, _>("n")));
         }
     }
     out.push_str("# HELP airlock_deliveries Event deliveries by subscription and state.\n# TYPE airlock_deliveries gauge\n");
-    if let Ok(rows) = sqlx::query(
-        "SELECT subscription, state, COUNT(*) AS n FROM deliveries GROUP BY subscription, state",
-    )
-    .fetch_all(app.bus.pool())
-    .await
+    if let Ok(rows) =
+        sqlx::query("SELECT subscription, state, COUNT(*) AS n FROM deliveries GROUP BY subscription, state").fetch_all(app.bus.pool()).await
     {
         for r in rows {
             out.push_str(&format!(
@@ -86,13 +69,8 @@ pub async fn metrics(State(app): State<App>) -> impl IntoResponse {
             ));
         }
     }
-    out.push_str(
-        "# HELP airlock_events_total Events in the log.\n# TYPE airlock_events_total counter\n",
-    );
-    if let Ok(n) = sqlx::query_scalar::<_, i64>("SELECT COALESCE(MAX(seq), 0) FROM events")
-        .fetch_one(app.bus.pool())
-        .await
-    {
+    out.push_str("# HELP airlock_events_total Events in the log.\n# TYPE airlock_events_total counter\n");
+    if let Ok(n) = sqlx::query_scalar::<_, i64>("SELECT COALESCE(MAX(seq), 0) FROM events").fetch_one(app.bus.pool()).await {
         out.push_str(&format!("airlock_events_total {n}\n"));
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)

@@ -58,24 +58,15 @@ pub struct WebhookRetryBody {
 }
 
 fn parse_time(field: &str, s: &str) -> Result<time::OffsetDateTime, ApiError> {
-    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).map_err(|e| {
-        ApiError::unprocessable(
-            "invalid_time",
-            format!("{field}: `{s}` is not an RFC 3339 time: {e}"),
-        )
-    })
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| ApiError::unprocessable("invalid_time", format!("{field}: `{s}` is not an RFC 3339 time: {e}")))
 }
 
 async fn view(app: &App, w: &Webhook) -> Result<Value, ApiError> {
     let counts = app.bus.delivery_counts(&w.subscription()).await?;
     let mut v = serde_json::to_value(w).unwrap_or(Value::Null);
     v["deliveries"] = json!(counts);
-    v["status"] = if w.disabled_at.is_some() {
-        "disabled"
-    } else {
-        "active"
-    }
-    .into();
+    v["status"] = if w.disabled_at.is_some() { "disabled" } else { "active" }.into();
     let fmt = |ms: i64| airlock_events::envelope::format_rfc3339(crate::files::from_ms(ms));
     v["created_at"] = fmt(w.created_at).into();
     v["disabled_at"] = w.disabled_at.map(fmt).into();
@@ -91,94 +82,52 @@ pub async fn create(
     Json(req): Json<CreateSubscription>,
 ) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
     if req.name.trim().is_empty() || req.name.len() > 200 {
-        return Err(ApiError::unprocessable(
-            "invalid_name",
-            "name must be 1-200 characters",
-        ));
+        return Err(ApiError::unprocessable("invalid_name", "name must be 1-200 characters"));
     }
-    let url = reqwest::Url::parse(&req.url)
-        .map_err(|e| ApiError::unprocessable("invalid_url", format!("url: {e}")))?;
+    let url = reqwest::Url::parse(&req.url).map_err(|e| ApiError::unprocessable("invalid_url", format!("url: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-        return Err(ApiError::unprocessable(
-            "invalid_url",
-            "url must be http:// or https:// with a host",
-        ));
+        return Err(ApiError::unprocessable("invalid_url", "url must be http:// or https:// with a host"));
     }
     if req.event_types.is_empty() {
-        return Err(ApiError::unprocessable(
-            "invalid_event_types",
-            "event_types must name at least one public event type",
-        ));
+        return Err(ApiError::unprocessable("invalid_event_types", "event_types must name at least one public event type"));
     }
     let catalog = app.bus.catalog();
     let mut types = Vec::new();
     for t in &req.event_types {
-        let ty = catalog.find(t).ok_or_else(|| {
-            ApiError::unprocessable(
-                "unknown_event_type",
-                format!("`{t}` is not in the catalog (GET /v1/catalog)"),
-            )
-        })?;
+        let ty =
+            catalog.find(t).ok_or_else(|| ApiError::unprocessable("unknown_event_type", format!("`{t}` is not in the catalog (GET /v1/catalog)")))?;
         if ty.visibility != Visibility::Public {
             return Err(ApiError::unprocessable(
                 "event_type_not_public",
-                format!(
-                    "`{t}` is an internal event: webhooks may subscribe only to public events (file.uploaded, file.promoted, …)"
-                ),
+                format!("`{t}` is an internal event: webhooks may subscribe only to public events (file.uploaded, file.promoted, …)"),
             ));
         }
         types.push(ty.versioned());
     }
     let filter = req.filter.unwrap_or_default();
     if filter.contains_key("tenant") {
-        return Err(ApiError::unprocessable(
-            "invalid_filter",
-            "`tenant` cannot be filtered: a subscription only ever sees its own tenant",
-        ));
+        return Err(ApiError::unprocessable("invalid_filter", "`tenant` cannot be filtered: a subscription only ever sees its own tenant"));
     }
-    if let Some((k, _)) = filter
-        .iter()
-        .find(|(_, v)| !(v.is_string() || v.is_number() || v.is_boolean() || v.is_array()))
-    {
-        return Err(ApiError::unprocessable(
-            "invalid_filter",
-            format!("filter `{k}`: values are strings, numbers, booleans or arrays of them"),
-        ));
+    if let Some((k, _)) = filter.iter().find(|(_, v)| !(v.is_string() || v.is_number() || v.is_boolean() || v.is_array())) {
+        return Err(ApiError::unprocessable("invalid_filter", format!("filter `{k}`: values are strings, numbers, booleans or arrays of them")));
     }
     let secret = match req.secret {
         Some(s) if webhooks::secret_key(&s).is_some() => s,
         Some(_) => {
-            return Err(ApiError::unprocessable(
-                "invalid_secret",
-                "secret must be `whsec_` followed by base64 of 24 to 64 bytes",
-            ));
+            return Err(ApiError::unprocessable("invalid_secret", "secret must be `whsec_` followed by base64 of 24 to 64 bytes"));
         }
         None => webhooks::new_secret().map_err(ApiError::internal)?,
     };
     let timeout_ms = req.timeout_ms.unwrap_or(10_000);
     if !(100..=60_000).contains(&timeout_ms) {
-        return Err(ApiError::unprocessable(
-            "invalid_timeout",
-            "timeout_ms must be between 100 and 60000",
-        ));
+        return Err(ApiError::unprocessable("invalid_timeout", "timeout_ms must be between 100 and 60000"));
     }
-    let since = req
-        .replay_since
-        .as_deref()
-        .map(|s| parse_time("replay_since", s))
-        .transpose()?;
-    let retry = req.retry.map(|r| WebhookRetry {
-        max_attempts: r.max_attempts,
-        base_ms: r.base_ms,
-        cap_ms: r.cap_ms,
-    });
+    let since = req.replay_since.as_deref().map(|s| parse_time("replay_since", s)).transpose()?;
+    let retry = req.retry.map(|r| WebhookRetry { max_attempts: r.max_attempts, base_ms: r.base_ms, cap_ms: r.cap_ms });
     if let Some(r) = &retry
         && (r.max_attempts == Some(0) || r.base_ms == Some(0))
     {
-        return Err(ApiError::unprocessable(
-            "invalid_retry",
-            "retry.max_attempts and retry.base_ms must be positive",
-        ));
+        return Err(ApiError::unprocessable("invalid_retry", "retry.max_attempts and retry.base_ms must be positive"));
     }
     let w = Webhook {
         id: uuid::Uuid::now_v7().to_string(),
@@ -205,13 +154,7 @@ pub async fn create(
         .bind(w.created_at)
         .execute(app.bus.pool())
         .await?;
-    app.bus
-        .register(&webhooks::spec(
-            &w,
-            webhooks::retry_policy(retry.as_ref()),
-            since,
-        ))
-        .await?;
+    app.bus.register(&webhooks::spec(&w, webhooks::retry_policy(retry.as_ref()), since)).await?;
     tracing::info!(webhook = %w.id, tenant = %tenant, "Webhook subscription created.");
     let mut v = view(&app, &w).await?;
     v["secret"] = secret.into();
@@ -219,10 +162,7 @@ pub async fn create(
 }
 
 #[utoipa::path(get, path = "/v1/subscriptions", tag = "subscriptions", responses((status = 200, description = "the tenant's subscriptions")), security(("api_key" = [])))]
-pub async fn list(
-    State(app): State<App>,
-    Tenant(tenant): Tenant,
-) -> Result<axum::Json<Value>, ApiError> {
+pub async fn list(State(app): State<App>, Tenant(tenant): Tenant) -> Result<axum::Json<Value>, ApiError> {
     let mut items = Vec::new();
     for w in webhooks::list(app.bus.pool(), Some(&tenant)).await? {
         items.push(view(&app, &w).await?);
@@ -231,45 +171,28 @@ pub async fn list(
 }
 
 async fn load(app: &App, tenant: &str, id: &str) -> Result<Webhook, ApiError> {
-    webhooks::get(app.bus.pool(), tenant, id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("subscription"))
+    webhooks::get(app.bus.pool(), tenant, id).await?.ok_or_else(|| ApiError::not_found("subscription"))
 }
 
 #[utoipa::path(get, path = "/v1/subscriptions/{id}", tag = "subscriptions", params(("id" = String, Path, description = "subscription id")),
     responses((status = 200, description = "the subscription with delivery counts by state")), security(("api_key" = [])))]
-pub async fn show(
-    State(app): State<App>,
-    Tenant(tenant): Tenant,
-    Path(id): Path<String>,
-) -> Result<axum::Json<Value>, ApiError> {
+pub async fn show(State(app): State<App>, Tenant(tenant): Tenant, Path(id): Path<String>) -> Result<axum::Json<Value>, ApiError> {
     let w = load(&app, &tenant, &id).await?;
     Ok(axum::Json(view(&app, &w).await?))
 }
 
 #[utoipa::path(delete, path = "/v1/subscriptions/{id}", tag = "subscriptions", params(("id" = String, Path, description = "subscription id")),
     responses((status = 204, description = "deleted, with its pending deliveries and dead letters")), security(("api_key" = [])))]
-pub async fn remove(
-    State(app): State<App>,
-    Tenant(tenant): Tenant,
-    Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
+pub async fn remove(State(app): State<App>, Tenant(tenant): Tenant, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
     let w = load(&app, &tenant, &id).await?;
-    sqlx::query("DELETE FROM webhooks WHERE id = $1")
-        .bind(&w.id)
-        .execute(app.bus.pool())
-        .await?;
+    sqlx::query("DELETE FROM webhooks WHERE id = $1").bind(&w.id).execute(app.bus.pool()).await?;
     app.bus.remove(&w.subscription()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(get, path = "/v1/subscriptions/{id}/dead-letters", tag = "subscriptions", params(("id" = String, Path, description = "subscription id")),
     responses((status = 200, description = "dead letters with last error and attempts")), security(("api_key" = [])))]
-pub async fn dead_letters(
-    State(app): State<App>,
-    Tenant(tenant): Tenant,
-    Path(id): Path<String>,
-) -> Result<axum::Json<Value>, ApiError> {
+pub async fn dead_letters(State(app): State<App>, Tenant(tenant): Tenant, Path(id): Path<String>) -> Result<axum::Json<Value>, ApiError> {
     let w = load(&app, &tenant, &id).await?;
     let items = app.bus.dead_letters(Some(&w.subscription()), 1000).await?;
     Ok(axum::Json(json!({"items": items})))
@@ -299,11 +222,7 @@ pub async fn replay(
 
 async fn own_dead_letter(app: &App, tenant: &str, id: &str) -> Result<i64, ApiError> {
     let id: i64 = id.parse().map_err(|_| ApiError::not_found("dead letter"))?;
-    let d = app
-        .bus
-        .dead_letter(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("dead letter"))?;
+    let d = app.bus.dead_letter(id).await?.ok_or_else(|| ApiError::not_found("dead letter"))?;
     let owned = match d.subscription.strip_prefix("webhook:") {
         Some(wid) => webhooks::get(app.bus.pool(), tenant, wid).await?.is_some(),
         None => false,
@@ -316,26 +235,15 @@ async fn own_dead_letter(app: &App, tenant: &str, id: &str) -> Result<i64, ApiEr
 
 #[utoipa::path(post, path = "/v1/dead-letters/{id}/redrive", tag = "subscriptions", params(("id" = i64, Path, description = "dead letter id")),
     responses((status = 202, description = "queued again; same event id and webhook-id")), security(("api_key" = [])))]
-pub async fn redrive(
-    State(app): State<App>,
-    Tenant(tenant): Tenant,
-    Path(id): Path<String>,
-) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
+pub async fn redrive(State(app): State<App>, Tenant(tenant): Tenant, Path(id): Path<String>) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
     let id = own_dead_letter(&app, &tenant, &id).await?;
     app.bus.redrive(id).await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        axum::Json(json!({"id": id, "state": "pending"})),
-    ))
+    Ok((StatusCode::ACCEPTED, axum::Json(json!({"id": id, "state": "pending"}))))
 }
 
 #[utoipa::path(delete, path = "/v1/dead-letters/{id}", tag = "subscriptions", params(("id" = i64, Path, description = "dead letter id")),
     responses((status = 204, description = "discarded")), security(("api_key" = [])))]
-pub async fn discard(
-    State(app): State<App>,
-    Tenant(tenant): Tenant,
-    Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
+pub async fn discard(State(app): State<App>, Tenant(tenant): Tenant, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
     let id = own_dead_letter(&app, &tenant, &id).await?;
     app.bus.discard(id).await?;
     Ok(StatusCode::NO_CONTENT)

@@ -60,50 +60,23 @@ pub async fn create_upload(
 ) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
     let kind = app.settings.kinds.get(&req.kind).ok_or_else(|| {
         let known: Vec<&str> = app.settings.kinds.keys().map(String::as_str).collect();
-        ApiError::unprocessable(
-            "unknown_kind",
-            format!(
-                "kind `{}` is not configured (known: {})",
-                req.kind,
-                known.join(", ")
-            ),
-        )
+        ApiError::unprocessable("unknown_kind", format!("kind `{}` is not configured (known: {})", req.kind, known.join(", ")))
     })?;
     if req.filename.trim().is_empty() {
-        return Err(ApiError::unprocessable(
-            "invalid_filename",
-            "filename must not be empty",
-        ));
+        return Err(ApiError::unprocessable("invalid_filename", "filename must not be empty"));
     }
     if req.filename.len() > 1024 {
-        return Err(ApiError::unprocessable(
-            "invalid_filename",
-            "filename is longer than 1024 bytes",
-        ));
+        return Err(ApiError::unprocessable("invalid_filename", "filename is longer than 1024 bytes"));
     }
     let filename = crate::names::sanitize_filename(&req.filename);
-    let declared_type = match req
-        .content_type
-        .as_deref()
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-    {
+    let declared_type = match req.content_type.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
         Some(t) => {
             let norm = crate::sniff::normalize_mime(t);
-            if !norm
-                .split_once('/')
-                .is_some_and(|(a, b)| !a.is_empty() && !b.is_empty() && !norm.contains('*'))
-            {
-                return Err(ApiError::unprocessable(
-                    "invalid_content_type",
-                    format!("content_type `{t}` is not a MIME type"),
-                ));
+            if !norm.split_once('/').is_some_and(|(a, b)| !a.is_empty() && !b.is_empty() && !norm.contains('*')) {
+                return Err(ApiError::unprocessable("invalid_content_type", format!("content_type `{t}` is not a MIME type")));
             }
             if norm != "application/octet-stream" && !kind.allows(&norm) {
-                return Err(ApiError::unprocessable(
-                    "type_not_allowed",
-                    format!("kind `{}` does not accept {norm}", kind.name),
-                ));
+                return Err(ApiError::unprocessable("type_not_allowed", format!("kind `{}` does not accept {norm}", kind.name)));
             }
             Some(norm)
         }
@@ -115,44 +88,24 @@ pub async fn create_upload(
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "upload_too_large",
-            format!(
-                "size {size} exceeds kind `{}`'s max_bytes {}",
-                kind.name, kind.max_bytes
-            ),
+            format!("size {size} exceeds kind `{}`'s max_bytes {}", kind.name, kind.max_bytes),
         ));
     }
     let metadata = req.metadata.unwrap_or_else(|| json!({}));
     if !metadata.is_object() {
-        return Err(ApiError::unprocessable(
-            "invalid_metadata",
-            "metadata must be a JSON object",
-        ));
+        return Err(ApiError::unprocessable("invalid_metadata", "metadata must be a JSON object"));
     }
     if metadata.to_string().len() > MAX_METADATA_BYTES {
-        return Err(ApiError::unprocessable(
-            "metadata_too_large",
-            format!("metadata is limited to {MAX_METADATA_BYTES} bytes"),
-        ));
+        return Err(ApiError::unprocessable("metadata_too_large", format!("metadata is limited to {MAX_METADATA_BYTES} bytes")));
     }
-    if req
-        .user_id
-        .as_ref()
-        .is_some_and(|u| u.is_empty() || u.len() > 256 || u.chars().any(char::is_control))
-    {
-        return Err(ApiError::unprocessable(
-            "invalid_user_id",
-            "user_id must be 1-256 characters without control characters",
-        ));
+    if req.user_id.as_ref().is_some_and(|u| u.is_empty() || u.len() > 256 || u.chars().any(char::is_control)) {
+        return Err(ApiError::unprocessable("invalid_user_id", "user_id must be 1-256 characters without control characters"));
     }
     let max_bytes = req.size.unwrap_or(kind.max_bytes).min(kind.max_bytes);
     let file_id = Uuid::now_v7();
     let now = OffsetDateTime::now_utc();
     let expires_at = now + kind.upload_ttl;
-    let root = EventContext::root(
-        tenant.clone(),
-        ctx.correlation_id.clone(),
-        ctx.traceparent.clone(),
-    );
+    let root = EventContext::root(tenant.clone(), ctx.correlation_id.clone(), ctx.traceparent.clone());
     let requested = root.event(
         "upload.requested",
         1,
@@ -160,11 +113,7 @@ pub async fn create_upload(
         json!({"file_id": file_id, "user_id": req.user_id, "kind": kind.name, "filename": filename, "declared_type": declared_type,
                "declared_size": req.size, "expires_at": airlock_events::envelope::format_rfc3339(expires_at)}),
     );
-    let expired = requested.caused(
-        "upload.expired",
-        1,
-        json!({"file_id": file_id, "user_id": req.user_id, "kind": kind.name}),
-    );
+    let expired = requested.caused("upload.expired", 1, json!({"file_id": file_id, "user_id": req.user_id, "kind": kind.name}));
 
     let mut tx = app.bus.begin().await?;
     files::insert(
@@ -187,8 +136,7 @@ pub async fn create_upload(
     )
     .await?;
     tx.publish(requested).await?;
-    tx.schedule(&expiry_timer(file_id), expires_at, &expired)
-        .await?;
+    tx.schedule(&expiry_timer(file_id), expires_at, &expired).await?;
     tx.commit().await?;
 
     let claims = UrlClaims {
@@ -199,11 +147,7 @@ pub async fn create_upload(
         content_type: declared_type.clone(),
         variant: None,
     };
-    let url = format!(
-        "{}/v1/blobs/{file_id}?{}",
-        app.settings.public_url,
-        app.signer.sign(&claims)
-    );
+    let url = format!("{}/v1/blobs/{file_id}?{}", app.settings.public_url, app.signer.sign(&claims));
     let headers = match &declared_type {
         Some(t) => json!({"Content-Type": t}),
         None => json!({}),

@@ -12,11 +12,7 @@ use crate::files::{self, Changes, Status};
 pub struct Cleanup(pub App);
 
 impl Handler for Cleanup {
-    fn handle<'a>(
-        &'a self,
-        ev: &'a Envelope,
-        cx: &'a mut HandlerCtx,
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+    fn handle<'a>(&'a self, ev: &'a Envelope, cx: &'a mut HandlerCtx) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
             let app = &self.0;
             let Some(file) = file_of(app, ev).await? else {
@@ -26,32 +22,16 @@ impl Handler for Cleanup {
             if expired && file.status != Status::Pending {
                 return Ok(());
             }
-            let mut objects = app
-                .blobs
-                .delete_prefix(&quarantine_prefix(&file.tenant, file.id))
-                .await
-                .map_err(storage_error)?;
+            let mut objects = app.blobs.delete_prefix(&quarantine_prefix(&file.tenant, file.id)).await.map_err(storage_error)?;
             if !expired {
-                objects += app
-                    .blobs
-                    .delete_prefix(&file_prefix(&file.tenant, file.id))
-                    .await
-                    .map_err(storage_error)?;
+                objects += app.blobs.delete_prefix(&file_prefix(&file.tenant, file.id)).await.map_err(storage_error)?;
             }
             let tx = cx.tx().await?;
-            if expired
-                && !files::transition(tx.conn(), file.id, Status::Expired, &Changes::default())
-                    .await?
-            {
+            if expired && !files::transition(tx.conn(), file.id, Status::Expired, &Changes::default()).await? {
                 return Ok(());
             }
             let cause = if expired { "expired" } else { "deleted" };
-            tx.publish(ev.caused(
-                "cleanup.initiated",
-                1,
-                json!({"file_id": file.id, "cause": cause, "objects": objects}),
-            ))
-            .await?;
+            tx.publish(ev.caused("cleanup.initiated", 1, json!({"file_id": file.id, "cause": cause, "objects": objects}))).await?;
             tracing::info!(file_id = %file.id, cause, objects, "File bytes cleaned up.");
             Ok(())
         })

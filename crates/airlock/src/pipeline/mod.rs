@@ -36,67 +36,27 @@ pub fn validation_timer(file_id: Uuid) -> String {
 ///
 /// # Errors
 /// Subscription registration failures.
-pub async fn start(
-    app: &App,
-    shutdown: CancellationToken,
-) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+pub async fn start(app: &App, shutdown: CancellationToken) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     let subs: Vec<(&str, &[&str], usize, Arc<dyn Handler>)> = vec![
-        (
-            "pipeline.validate-start",
-            &["file.uploaded.v1"],
-            4,
-            Arc::new(validate::Start(app.clone())),
-        ),
-        (
-            "pipeline.validate",
-            &["validation.started.v1"],
-            4,
-            Arc::new(validate::Validate(app.clone())),
-        ),
-        (
-            "pipeline.timeout",
-            &["processing.timeout.v1"],
-            2,
-            Arc::new(validate::Timeout(app.clone())),
-        ),
-        (
-            "pipeline.promote",
-            &["validation.passed.v1"],
-            4,
-            Arc::new(promote::Promote(app.clone())),
-        ),
-        (
-            "pipeline.quarantine",
-            &["validation.failed.v1"],
-            2,
-            Arc::new(quarantine::Quarantine(app.clone())),
-        ),
-        (
-            "pipeline.cleanup",
-            &["upload.expired.v1", "file.deleted.v1"],
-            2,
-            Arc::new(cleanup::Cleanup(app.clone())),
-        ),
+        ("pipeline.validate-start", &["file.uploaded.v1"], 4, Arc::new(validate::Start(app.clone()))),
+        ("pipeline.validate", &["validation.started.v1"], 4, Arc::new(validate::Validate(app.clone()))),
+        ("pipeline.timeout", &["processing.timeout.v1"], 2, Arc::new(validate::Timeout(app.clone()))),
+        ("pipeline.promote", &["validation.passed.v1"], 4, Arc::new(promote::Promote(app.clone()))),
+        ("pipeline.quarantine", &["validation.failed.v1"], 2, Arc::new(quarantine::Quarantine(app.clone()))),
+        ("pipeline.cleanup", &["upload.expired.v1", "file.deleted.v1"], 2, Arc::new(cleanup::Cleanup(app.clone()))),
     ];
     let mut tasks = Vec::new();
     for (name, patterns, concurrency, handler) in subs {
         let mut spec = SubscriptionSpec::new(name, patterns);
         spec.concurrency = concurrency;
-        tasks.push(
-            app.bus
-                .spawn_consumer(spec, handler, shutdown.clone())
-                .await?,
-        );
+        tasks.push(app.bus.spawn_consumer(spec, handler, shutdown.clone()).await?);
     }
     Ok(tasks)
 }
 
 /// The file an event is about, if it still exists.
 pub(crate) async fn file_of(app: &App, ev: &Envelope) -> Result<Option<FileRecord>, HandlerError> {
-    let id = ev
-        .payload_str("file_id")
-        .and_then(|s| Uuid::parse_str(s).ok())
-        .ok_or_else(|| HandlerError::permanent("event has no valid file_id"))?;
+    let id = ev.payload_str("file_id").and_then(|s| Uuid::parse_str(s).ok()).ok_or_else(|| HandlerError::permanent("event has no valid file_id"))?;
     Ok(files::get(app.bus.pool(), id).await?)
 }
 

@@ -12,11 +12,7 @@ use crate::files::{self, Changes, Status};
 pub struct Promote(pub App);
 
 impl Handler for Promote {
-    fn handle<'a>(
-        &'a self,
-        ev: &'a Envelope,
-        cx: &'a mut HandlerCtx,
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+    fn handle<'a>(&'a self, ev: &'a Envelope, cx: &'a mut HandlerCtx) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
             let app = &self.0;
             let Some(file) = file_of(app, ev).await? else {
@@ -29,23 +25,34 @@ impl Handler for Promote {
                 return Err(HandlerError::permanent("promoting a file without bytes"));
             };
             let to = original_key(&file.tenant, file.id);
-            app.blobs.rename(from, &to).await.map_err(storage_error)?;
-            let detected = ev
-                .payload_str("detected_type")
-                .unwrap_or("application/octet-stream")
-                .to_owned();
-            let scan = ev
-                .payload
-                .get("scan")
-                .cloned()
-                .unwrap_or_else(|| json!({"engine": "none", "result": "skipped"}));
+            let detected = ev.payload_str("detected_type").unwrap_or("application/octet-stream").to_owned();
+            let strip = app.settings.kinds.get(&file.kind).is_some_and(|k| k.strip_metadata)
+                && matches!(detected.as_str(), "image/jpeg" | "image/png" | "image/webp");
+            let (mut bytes, mut sha256) = (file.bytes, file.sha256.clone());
+            if strip {
+                // The promoted bytes are the stripped ones; quarantine keeps the original until
+                // the commit, so a retry starts from it again.
+                match app.blobs.read_all(from, 64 << 20).await {
+                    Ok(Some(original)) => {
+                        let mime = detected.clone();
+                        let stripped = tokio::task::spawn_blocking(move || crate::images::strip(original, &mime))
+                            .await
+                            .map_err(|e| HandlerError::retryable(format!("strip: {e}")))?
+                            .map_err(|e| HandlerError::permanent(format!("metadata stripping failed: {e}")))?;
+                        bytes = Some(stripped.len() as i64);
+                        sha256 = Some(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&stripped)));
+                        app.blobs.put(&to, stripped).await.map_err(storage_error)?;
+                    }
+                    Ok(None) => return Err(HandlerError::permanent("image too large to strip")),
+                    Err(e) => return Err(storage_error(e)),
+                }
+            } else {
+                app.blobs.rename(from, &to).await.map_err(storage_error)?;
+            }
+            let scan = ev.payload.get("scan").cloned().unwrap_or_else(|| json!({"engine": "none", "result": "skipped"}));
             let tx = cx.tx().await?;
-            let changes = Changes {
-                detected_type: Some(&detected),
-                scan: Some(&scan),
-                object_key: Some(&to),
-                ..Default::default()
-            };
+            let changes =
+                Changes { detected_type: Some(&detected), scan: Some(&scan), object_key: Some(&to), bytes, sha256: sha256.as_deref(), ..Default::default() };
             if !files::transition(tx.conn(), file.id, Status::Promoted, &changes).await? {
                 // Deleted (or timed out) while we moved the bytes: do not leave them behind.
                 if let Ok(Some(now)) = files::get(&mut *tx.conn(), file.id).await
@@ -58,15 +65,16 @@ impl Handler for Promote {
             let promoted = ev.caused(
                 "file.promoted",
                 1,
-                json!({"file_id": file.id, "user_id": file.user_id, "kind": file.kind, "mime": detected, "bytes": file.bytes,
-                       "sha256": file.sha256, "path": to, "scan": scan, "at": airlock_events::envelope::format_rfc3339(airlock_events::envelope::now_utc())}),
+                json!({"file_id": file.id, "user_id": file.user_id, "kind": file.kind, "mime": detected, "bytes": bytes,
+                       "sha256": sha256, "path": to, "scan": scan, "at": airlock_events::envelope::format_rfc3339(airlock_events::envelope::now_utc())}),
             );
-            let ready = promoted.caused(
-                "resource.ready",
-                1,
-                json!({"file_id": file.id, "kind": file.kind}),
-            );
+            let ready = promoted.caused("resource.ready", 1, json!({"file_id": file.id, "kind": file.kind}));
             tx.publish_all(&[promoted, ready]).await?;
+            if strip {
+                // After the commit nothing needs the original; a failure here leaves an orphan
+                // that the file's deletion removes with its quarantine prefix.
+                let _ = app.blobs.delete(from).await;
+            }
             tracing::info!(file_id = %file.id, mime = %detected, "File promoted.");
             Ok(())
         })

@@ -12,11 +12,7 @@ use crate::files::{self, Changes, Status};
 pub struct Quarantine(pub App);
 
 impl Handler for Quarantine {
-    fn handle<'a>(
-        &'a self,
-        ev: &'a Envelope,
-        cx: &'a mut HandlerCtx,
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+    fn handle<'a>(&'a self, ev: &'a Envelope, cx: &'a mut HandlerCtx) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
             let Some(file) = file_of(&self.0, ev).await? else {
                 return Ok(());
@@ -29,12 +25,7 @@ impl Handler for Quarantine {
             let detected = ev.payload_str("detected_type").map(str::to_owned);
             let scan = ev.payload.get("scan").cloned();
             let tx = cx.tx().await?;
-            let changes = Changes {
-                reason: Some((&reason, &detail)),
-                detected_type: detected.as_deref(),
-                scan: scan.as_ref(),
-                ..Default::default()
-            };
+            let changes = Changes { reason: Some((&reason, &detail)), detected_type: detected.as_deref(), scan: scan.as_ref(), ..Default::default() };
             if !files::transition(tx.conn(), file.id, Status::Quarantined, &changes).await? {
                 return Ok(());
             }
@@ -43,11 +34,7 @@ impl Handler for Quarantine {
                 1,
                 json!({"file_id": file.id, "user_id": file.user_id, "kind": file.kind, "reason": reason, "detail": detail}),
             );
-            let rejected = quarantined.caused(
-                "resource.rejected",
-                1,
-                json!({"file_id": file.id, "kind": file.kind, "reason": reason}),
-            );
+            let rejected = quarantined.caused("resource.rejected", 1, json!({"file_id": file.id, "kind": file.kind, "reason": reason}));
             tx.publish_all(&[quarantined, rejected]).await?;
             tracing::info!(file_id = %file.id, %reason, "File quarantined.");
             Ok(())

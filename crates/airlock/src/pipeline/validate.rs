@@ -10,6 +10,7 @@ use super::{file_of, storage_error, validation_timer};
 use crate::app::App;
 use crate::config::{Kind, ScanPolicy};
 use crate::files::{self, Changes, FileRecord, QuarantineReason, Status};
+use crate::scanner::{ScanError, Verdict};
 
 /// How many leading bytes the sniffer reads.
 const SNIFF_BYTES: u64 = 8192;
@@ -17,11 +18,7 @@ const SNIFF_BYTES: u64 = 8192;
 pub struct Start(pub App);
 
 impl Handler for Start {
-    fn handle<'a>(
-        &'a self,
-        ev: &'a Envelope,
-        cx: &'a mut HandlerCtx,
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+    fn handle<'a>(&'a self, ev: &'a Envelope, cx: &'a mut HandlerCtx) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
             let Some(file) = file_of(&self.0, ev).await? else {
                 return Ok(());
@@ -29,12 +26,9 @@ impl Handler for Start {
             if file.status != Status::Uploaded {
                 return Ok(());
             }
-            let timeout_at =
-                airlock_events::envelope::now_utc() + self.0.settings.validation_timeout;
+            let timeout_at = airlock_events::envelope::now_utc() + self.0.settings.validation_timeout;
             let tx = cx.tx().await?;
-            if !files::transition(tx.conn(), file.id, Status::Validating, &Changes::default())
-                .await?
-            {
+            if !files::transition(tx.conn(), file.id, Status::Validating, &Changes::default()).await? {
                 return Ok(());
             }
             let started = ev.caused(
@@ -42,13 +36,8 @@ impl Handler for Start {
                 1,
                 json!({"file_id": file.id, "kind": file.kind, "timeout_at": airlock_events::envelope::format_rfc3339(timeout_at)}),
             );
-            let timeout = started.caused(
-                "processing.timeout",
-                1,
-                json!({"file_id": file.id, "stage": "validation"}),
-            );
-            tx.schedule(&validation_timer(file.id), timeout_at, &timeout)
-                .await?;
+            let timeout = started.caused("processing.timeout", 1, json!({"file_id": file.id, "stage": "validation"}));
+            tx.schedule(&validation_timer(file.id), timeout_at, &timeout).await?;
             tx.publish(started).await?;
             Ok(())
         })
@@ -58,40 +47,19 @@ impl Handler for Start {
 /// The outcome of checking a file against its kind.
 #[derive(Debug, PartialEq)]
 pub enum Decision {
-    Pass {
-        detected: String,
-        scan: Value,
-    },
-    Fail {
-        reason: QuarantineReason,
-        detail: String,
-        detected: Option<String>,
-        scan: Option<Value>,
-    },
+    Pass { detected: String, scan: Value },
+    Fail { reason: QuarantineReason, detail: String, detected: Option<String>, scan: Option<Value> },
 }
 
 /// Checks the head of the bytes against the kind's policy: size, active content, allowed types,
 /// agreement of the sniffed type with the declared type and with the extension.
 pub fn decide(file: &FileRecord, kind: &Kind, head: &[u8]) -> Decision {
-    let fail = |reason, detail: String, detected: Option<&str>| Decision::Fail {
-        reason,
-        detail,
-        detected: detected.map(str::to_owned),
-        scan: None,
-    };
+    let fail = |reason, detail: String, detected: Option<&str>| Decision::Fail { reason, detail, detected: detected.map(str::to_owned), scan: None };
     let bytes = file.bytes.unwrap_or(0) as u64;
     if bytes > kind.max_bytes {
-        return fail(
-            QuarantineReason::TooLarge,
-            format!(
-                "{bytes} bytes exceed the kind's max_bytes {}",
-                kind.max_bytes
-            ),
-            None,
-        );
+        return fail(QuarantineReason::TooLarge, format!("{bytes} bytes exceed the kind's max_bytes {}", kind.max_bytes), None);
     }
-    let detected =
-        crate::sniff::sniff(head).unwrap_or_else(|| "application/octet-stream".to_owned());
+    let detected = crate::sniff::sniff(head).unwrap_or_else(|| "application/octet-stream".to_owned());
     if crate::sniff::is_active_content(&detected) && !kind.allows(&detected) {
         return fail(
             QuarantineReason::ActiveContent,
@@ -100,49 +68,78 @@ pub fn decide(file: &FileRecord, kind: &Kind, head: &[u8]) -> Decision {
         );
     }
     if !kind.allows(&detected) {
-        return fail(
-            QuarantineReason::TypeNotAllowed,
-            format!("kind `{}` does not accept {detected}", kind.name),
-            Some(&detected),
-        );
+        return fail(QuarantineReason::TypeNotAllowed, format!("kind `{}` does not accept {detected}", kind.name), Some(&detected));
     }
     if let Some(declared) = &file.declared_type
         && !crate::sniff::declared_agrees(declared, &detected)
     {
-        return fail(
-            QuarantineReason::TypeMismatch,
-            format!("declared {declared}, but the bytes are {detected}"),
-            Some(&detected),
-        );
+        return fail(QuarantineReason::TypeMismatch, format!("declared {declared}, but the bytes are {detected}"), Some(&detected));
     }
     let ext = crate::names::extension(&file.filename);
     if !crate::sniff::extension_agrees(ext.as_deref(), &detected) {
-        return fail(
-            QuarantineReason::TypeMismatch,
-            format!(
-                "the extension .{} does not fit {detected}",
-                ext.unwrap_or_default()
-            ),
-            Some(&detected),
-        );
+        return fail(QuarantineReason::TypeMismatch, format!("the extension .{} does not fit {detected}", ext.unwrap_or_default()), Some(&detected));
     }
-    let scan = match kind.scan {
-        ScanPolicy::Off => json!({"engine": "none", "result": "skipped", "signature": null}),
-        ScanPolicy::Optional | ScanPolicy::Required => {
-            json!({"engine": "none", "result": "skipped", "signature": null})
+    Decision::Pass { detected, scan: Value::Null }
+}
+
+/// Images larger than this are not decoded (they are refused as `too_large`).
+const IMAGE_MAX_BYTES: u64 = 64 << 20;
+/// Attempts at scanning before a failing scanner becomes `scan_failed`.
+const SCAN_ATTEMPTS: u32 = 3;
+
+fn skipped(engine: &str, detail: &str) -> Value {
+    json!({"engine": engine, "result": "skipped", "signature": null, "detail": detail})
+}
+
+/// The checks that need more than the head of the file: decoding images under limits, and
+/// the virus scan. Runs only for files the policy already accepts.
+async fn inspect(app: &App, file: &FileRecord, kind: &Kind, key: &str, detected: String, attempt: u32) -> Result<Decision, HandlerError> {
+    let fail = |reason, detail: String, scan: Option<Value>| Decision::Fail { reason, detail, detected: Some(detected.clone()), scan };
+    if crate::images::decodable(&detected).is_some() {
+        let Some(bytes) = app.blobs.read_all(key, IMAGE_MAX_BYTES).await.map_err(storage_error)? else {
+            return Ok(fail(QuarantineReason::TooLarge, format!("images over {IMAGE_MAX_BYTES} bytes are not decoded"), None));
+        };
+        let (limits, mime) = (kind.image_limits(), detected.clone());
+        let checked = tokio::task::spawn_blocking(move || crate::images::check(&bytes, &mime, &limits))
+            .await
+            .map_err(|e| HandlerError::retryable(format!("image check: {e}")))?;
+        if let Err((reason, detail)) = checked {
+            return Ok(fail(reason, detail, None));
+        }
+    }
+    let scan = match (&app.scanner, kind.scan) {
+        (_, ScanPolicy::Off) => skipped("none", "scanning is off for this kind"),
+        (None, _) => skipped("none", "no scanner is configured"),
+        (Some(scanner), policy) => {
+            let stream = app.blobs.read(key, None).await.map_err(storage_error)?;
+            let failed = |detail: String| json!({"engine": "clamav", "result": "failed", "signature": null, "detail": detail});
+            match scanner.scan(stream).await {
+                Ok(Verdict::Clean) => json!({"engine": "clamav", "result": "clean", "signature": null}),
+                Ok(Verdict::Infected(sig)) => {
+                    let scan = json!({"engine": "clamav", "result": "infected", "signature": sig});
+                    return Ok(fail(QuarantineReason::Infected, format!("ClamAV found {sig}"), Some(scan)));
+                }
+                Err(ScanError::TooLarge) if policy == ScanPolicy::Required => {
+                    let detail = "larger than the scanner accepts; the kind requires a scan".to_owned();
+                    return Ok(fail(QuarantineReason::ScanFailed, detail.clone(), Some(failed(detail))));
+                }
+                Err(ScanError::TooLarge) => skipped("clamav", "larger than the scanner accepts"),
+                Err(e) if attempt < SCAN_ATTEMPTS => return Err(HandlerError::retryable(format!("scan: {e}"))),
+                Err(e) if policy == ScanPolicy::Required => {
+                    tracing::warn!(file_id = %file.id, error = %e, "Scanning failed; the kind requires a scan.");
+                    return Ok(fail(QuarantineReason::ScanFailed, format!("{e} (after {attempt} attempts)"), Some(failed(e.to_string()))));
+                }
+                Err(e) => failed(e.to_string()),
+            }
         }
     };
-    Decision::Pass { detected, scan }
+    Ok(Decision::Pass { detected, scan })
 }
 
 pub struct Validate(pub App);
 
 impl Handler for Validate {
-    fn handle<'a>(
-        &'a self,
-        ev: &'a Envelope,
-        cx: &'a mut HandlerCtx,
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+    fn handle<'a>(&'a self, ev: &'a Envelope, cx: &'a mut HandlerCtx) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
             let app = &self.0;
             let Some(file) = file_of(app, ev).await? else {
@@ -153,12 +150,11 @@ impl Handler for Validate {
             }
             let decision = match (app.settings.kinds.get(&file.kind), &file.quarantine_key) {
                 (Some(kind), Some(key)) => {
-                    let head = app
-                        .blobs
-                        .read_head(key, SNIFF_BYTES)
-                        .await
-                        .map_err(storage_error)?;
-                    decide(&file, kind, &head)
+                    let head = app.blobs.read_head(key, SNIFF_BYTES).await.map_err(storage_error)?;
+                    match decide(&file, kind, &head) {
+                        Decision::Pass { detected, .. } => inspect(app, &file, kind, key, detected, cx.attempt).await?,
+                        fail => fail,
+                    }
                 }
                 (None, _) => Decision::Fail {
                     reason: QuarantineReason::TypeNotAllowed,
@@ -198,11 +194,7 @@ impl Handler for Validate {
 pub struct Timeout(pub App);
 
 impl Handler for Timeout {
-    fn handle<'a>(
-        &'a self,
-        ev: &'a Envelope,
-        cx: &'a mut HandlerCtx,
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+    fn handle<'a>(&'a self, ev: &'a Envelope, cx: &'a mut HandlerCtx) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
             let Some(file) = file_of(&self.0, ev).await? else {
                 return Ok(());
@@ -210,10 +202,7 @@ impl Handler for Timeout {
             if file.status != Status::Validating {
                 return Ok(());
             }
-            let detail = format!(
-                "validation did not finish within {:?}",
-                self.0.settings.validation_timeout
-            );
+            let detail = format!("validation did not finish within {:?}", self.0.settings.validation_timeout);
             tracing::warn!(file_id = %file.id, "Validation timed out.");
             cx.tx()
                 .await?

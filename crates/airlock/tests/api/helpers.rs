@@ -78,11 +78,7 @@ fn client() -> reqwest::Client {
     // reqwest is built without a default TLS crypto provider; only plain HTTP is used here, but
     // the builder insists on one.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .expect("building the HTTP client")
+    reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(60)).build().expect("building the HTTP client")
 }
 
 impl TestApp {
@@ -106,24 +102,8 @@ impl TestApp {
         let port = free_port();
         let api_key = format!("test_{}", random_token());
         let logs = Arc::new(Mutex::new(Vec::new()));
-        let child = launch(
-            data_dir.path(),
-            config_path.as_deref(),
-            port,
-            &api_key,
-            &logs,
-        )
-        .await;
-        TestApp {
-            address: format!("http://127.0.0.1:{port}"),
-            port,
-            api_key,
-            client: client(),
-            data_dir,
-            config_path,
-            child,
-            logs,
-        }
+        let child = launch(data_dir.path(), config_path.as_deref(), port, &api_key, &logs).await;
+        TestApp { address: format!("http://127.0.0.1:{port}"), port, api_key, client: client(), data_dir, config_path, child, logs }
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -140,14 +120,7 @@ impl TestApp {
     pub async fn restart(&mut self) {
         self.child.kill().expect("killing the server");
         self.child.wait().expect("reaping the server");
-        self.child = launch(
-            self.data_dir.path(),
-            self.config_path.as_deref(),
-            self.port,
-            &self.api_key,
-            &self.logs,
-        )
-        .await;
+        self.child = launch(self.data_dir.path(), self.config_path.as_deref(), self.port, &self.api_key, &self.logs).await;
         // Pooled connections went to the dead process.
         self.client = client();
     }
@@ -156,23 +129,13 @@ impl TestApp {
     /// directory (the server may be running: SQLite in WAL mode allows it).
     pub fn create_key(&self, tenant: &str) -> String {
         let mut cmd = airlock_command();
-        cmd.args(["keys", "create", "--tenant", tenant])
-            .env("AIRLOCK_DATA_DIR", self.data_dir.path())
-            .env("AIRLOCK_LOG", "warn");
+        cmd.args(["keys", "create", "--tenant", tenant]).env("AIRLOCK_DATA_DIR", self.data_dir.path()).env("AIRLOCK_LOG", "warn");
         if let Some(c) = &self.config_path {
             cmd.arg("--config").arg(c);
         }
         let out = cmd.output().expect("running `airlock keys create`");
-        assert!(
-            out.status.success(),
-            "`airlock keys create` failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let key = String::from_utf8(out.stdout)
-            .expect("a UTF-8 key")
-            .trim()
-            .to_owned();
+        assert!(out.status.success(), "`airlock keys create` failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+        let key = String::from_utf8(out.stdout).expect("a UTF-8 key").trim().to_owned();
         assert!(!key.is_empty(), "`airlock keys create` printed no key");
         key
     }
@@ -193,16 +156,8 @@ impl TestApp {
     }
 
     /// `POST /v1/uploads` with extra request headers.
-    pub async fn create_upload_with(
-        &self,
-        body: Value,
-        headers: &[(&str, &str)],
-    ) -> reqwest::Response {
-        let mut req = self
-            .client
-            .post(self.url("/v1/uploads"))
-            .bearer_auth(&self.api_key)
-            .json(&body);
+    pub async fn create_upload_with(&self, body: Value, headers: &[(&str, &str)]) -> reqwest::Response {
+        let mut req = self.client.post(self.url("/v1/uploads")).bearer_auth(&self.api_key).json(&body);
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
@@ -232,23 +187,11 @@ impl TestApp {
                 );
             }
         }
-        self.client
-            .put(url)
-            .headers(headers)
-            .body(bytes)
-            .send()
-            .await
-            .expect("PUT to the signed upload URL")
+        self.client.put(url).headers(headers).body(bytes).send().await.expect("PUT to the signed upload URL")
     }
 
     /// Creates an upload and PUTs the bytes; returns the file id and the PUT's response.
-    pub async fn upload(
-        &self,
-        kind: &str,
-        filename: &str,
-        content_type: Option<&str>,
-        bytes: Vec<u8>,
-    ) -> (String, reqwest::Response) {
+    pub async fn upload(&self, kind: &str, filename: &str, content_type: Option<&str>, bytes: Vec<u8>) -> (String, reqwest::Response) {
         let mut body = json!({"kind": kind, "filename": filename});
         if let Some(t) = content_type {
             body["content_type"] = t.into();
@@ -260,13 +203,7 @@ impl TestApp {
     }
 
     /// Creates an upload and PUTs the bytes, asserting the PUT succeeded; returns the file id.
-    pub async fn upload_ok(
-        &self,
-        kind: &str,
-        filename: &str,
-        content_type: Option<&str>,
-        bytes: Vec<u8>,
-    ) -> String {
+    pub async fn upload_ok(&self, kind: &str, filename: &str, content_type: Option<&str>, bytes: Vec<u8>) -> String {
         let (id, res) = self.upload(kind, filename, content_type, bytes).await;
         let status = res.status();
         let body = res.text().await.unwrap_or_default();
@@ -275,12 +212,7 @@ impl TestApp {
     }
 
     pub async fn get_file_response(&self, id: &str) -> reqwest::Response {
-        self.client
-            .get(self.url(&format!("/v1/files/{id}")))
-            .bearer_auth(&self.api_key)
-            .send()
-            .await
-            .expect("GET /v1/files/{id}")
+        self.client.get(self.url(&format!("/v1/files/{id}"))).bearer_auth(&self.api_key).send().await.expect("GET /v1/files/{id}")
     }
 
     /// `GET /v1/files/{id}`, which must succeed.
@@ -297,12 +229,7 @@ impl TestApp {
         self.wait_for_status_within(id, statuses, DEADLINE).await
     }
 
-    pub async fn wait_for_status_within(
-        &self,
-        id: &str,
-        statuses: &[&str],
-        deadline: Duration,
-    ) -> Value {
+    pub async fn wait_for_status_within(&self, id: &str, statuses: &[&str], deadline: Duration) -> Value {
         let start = Instant::now();
         loop {
             let f = self.file(id).await;
@@ -321,12 +248,7 @@ impl TestApp {
     }
 
     pub async fn events_response(&self, id: &str, key: &str) -> reqwest::Response {
-        self.client
-            .get(self.url(&format!("/v1/files/{id}/events")))
-            .bearer_auth(key)
-            .send()
-            .await
-            .expect("GET /v1/files/{id}/events")
+        self.client.get(self.url(&format!("/v1/files/{id}/events"))).bearer_auth(key).send().await.expect("GET /v1/files/{id}/events")
     }
 
     /// `GET /v1/files/{id}/events` → `events`, oldest first.
@@ -339,11 +261,7 @@ impl TestApp {
     }
 
     pub async fn event_types(&self, id: &str) -> Vec<String> {
-        self.events(id)
-            .await
-            .iter()
-            .map(|e| e["event_type"].as_str().unwrap_or_default().to_owned())
-            .collect()
+        self.events(id).await.iter().map(|e| e["event_type"].as_str().unwrap_or_default().to_owned()).collect()
     }
 
     /// Polls the file's events until one of type `event_type` is there; returns all of them.
@@ -356,22 +274,14 @@ impl TestApp {
             }
             if start.elapsed() > DEADLINE {
                 let types: Vec<&Value> = events.iter().map(|e| &e["event_type"]).collect();
-                panic!(
-                    "file {id} got no {event_type} event within {DEADLINE:?}; its events: {types:?}\nlast server logs:\n{}",
-                    self.log_tail(30)
-                );
+                panic!("file {id} got no {event_type} event within {DEADLINE:?}; its events: {types:?}\nlast server logs:\n{}", self.log_tail(30));
             }
             tokio::time::sleep(POLL).await;
         }
     }
 
     pub async fn download_response(&self, id: &str, key: &str) -> reqwest::Response {
-        self.client
-            .get(self.url(&format!("/v1/files/{id}/download")))
-            .bearer_auth(key)
-            .send()
-            .await
-            .expect("GET /v1/files/{id}/download")
+        self.client.get(self.url(&format!("/v1/files/{id}/download"))).bearer_auth(key).send().await.expect("GET /v1/files/{id}/download")
     }
 
     /// A signed download URL of a promoted file.
@@ -387,33 +297,18 @@ impl TestApp {
     /// The bytes a promoted file serves.
     pub async fn download(&self, id: &str) -> Vec<u8> {
         let url = self.download_url(id).await;
-        let res = self
-            .client
-            .get(&url)
-            .send()
-            .await
-            .expect("GET download URL");
+        let res = self.client.get(&url).send().await.expect("GET download URL");
         assert_eq!(res.status(), 200, "download of {id}");
         res.bytes().await.expect("body").to_vec()
     }
 
     pub async fn delete_file(&self, id: &str, key: &str) -> reqwest::Response {
-        self.client
-            .delete(self.url(&format!("/v1/files/{id}")))
-            .bearer_auth(key)
-            .send()
-            .await
-            .expect("DELETE /v1/files/{id}")
+        self.client.delete(self.url(&format!("/v1/files/{id}"))).bearer_auth(key).send().await.expect("DELETE /v1/files/{id}")
     }
 
     /// `GET /v1/files` with a query string, as tenant `key`.
     pub async fn list(&self, query: &str, key: &str) -> reqwest::Response {
-        self.client
-            .get(self.url(&format!("/v1/files?{query}")))
-            .bearer_auth(key)
-            .send()
-            .await
-            .expect("GET /v1/files")
+        self.client.get(self.url(&format!("/v1/files?{query}"))).bearer_auth(key).send().await.expect("GET /v1/files")
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
@@ -456,13 +351,7 @@ impl Drop for TestApp {
 }
 
 /// Starts `airlock serve` and waits for its "Airlock is serving." log line.
-async fn launch(
-    data_dir: &Path,
-    config: Option<&Path>,
-    port: u16,
-    api_key: &str,
-    logs: &Arc<Mutex<Vec<String>>>,
-) -> Child {
+async fn launch(data_dir: &Path, config: Option<&Path>, port: u16, api_key: &str, logs: &Arc<Mutex<Vec<String>>>) -> Child {
     let listen = format!("127.0.0.1:{port}");
     let mut cmd = airlock_command();
     cmd.arg("serve")
@@ -489,9 +378,7 @@ async fn launch(
             let Ok(line) = line else { break };
             if !announced
                 && let Ok(v) = serde_json::from_str::<Value>(&line)
-                && let Some(fields) = [&v["fields"], &v]
-                    .into_iter()
-                    .find(|f| f["message"] == "Airlock is serving.")
+                && let Some(fields) = [&v["fields"], &v].into_iter().find(|f| f["message"] == "Airlock is serving.")
             {
                 announced = true;
                 let _ = tx.send(fields["address"].as_str().unwrap_or_default().to_owned());
@@ -502,10 +389,7 @@ async fn launch(
     let start = Instant::now();
     loop {
         if let Ok(address) = rx.try_recv() {
-            assert_eq!(
-                address, listen,
-                "the server announced another address than it was told"
-            );
+            assert_eq!(address, listen, "the server announced another address than it was told");
             return child;
         }
         if let Ok(Some(exit)) = child.try_wait() {
@@ -525,34 +409,20 @@ async fn launch(
 
 /// The `file_id` of a `POST /v1/uploads` answer.
 pub fn file_id(created: &Value) -> String {
-    created["file_id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no file_id in {created}"))
-        .to_owned()
+    created["file_id"].as_str().unwrap_or_else(|| panic!("no file_id in {created}")).to_owned()
 }
 
 /// Asserts `res` is an RFC 9457 problem with `status` and `code`; returns its body.
 pub async fn assert_problem(res: reqwest::Response, status: u16, code: &str) -> Value {
     let got = res.status().as_u16();
-    let ct = res
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+    let ct = res.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
     let text = res.text().await.unwrap_or_default();
     assert_eq!(got, status, "expected {status} {code}, got {got}: {text}");
-    assert_eq!(
-        ct, "application/problem+json",
-        "a {status} error must be application/problem+json: {text}"
-    );
+    assert_eq!(ct, "application/problem+json", "a {status} error must be application/problem+json: {text}");
     let v: Value = serde_json::from_str(&text).expect("a JSON problem body");
     assert_eq!(v["code"], code, "problem code in {v}");
     assert_eq!(v["status"], status, "problem status in {v}");
-    assert!(
-        v["type"].is_string() && v["title"].is_string() && v["detail"].is_string(),
-        "problem fields in {v}"
-    );
+    assert!(v["type"].is_string() && v["title"].is_string() && v["detail"].is_string(), "problem fields in {v}");
     v
 }
 
@@ -580,10 +450,7 @@ pub fn png(extra: &[u8]) -> Vec<u8> {
 
 /// A minimal JPEG (JFIF header, end of image).
 pub fn jpeg() -> Vec<u8> {
-    let mut v = vec![
-        0xFF, 0xD8, 0xFF, 0xE0, 0x00, 0x10, b'J', b'F', b'I', b'F', 0x00, 0x01, 0x01, 0x00, 0x00,
-        0x01, 0x00, 0x01, 0x00, 0x00,
-    ];
+    let mut v = vec![0xFF, 0xD8, 0xFF, 0xE0, 0x00, 0x10, b'J', b'F', b'I', b'F', 0x00, 0x01, 0x01, 0x00, 0x00, 0x01, 0x00, 0x01, 0x00, 0x00];
     v.extend_from_slice(&[0u8; 64]);
     v.extend_from_slice(&[0xFF, 0xD9]);
     v

@@ -1,4 +1,11 @@
-//! Airlock's API test suite: one binary, every test against the real `airlock` binary.
+//! Airlock's API test suite: one binary; every test runs the real `airlock` binary as a child
+//! process on its own data directory and port, and talks to it over HTTP.
 
+mod config;
+mod crash;
 mod helpers;
+mod lifecycle;
 mod ops;
+mod quarantine;
+mod security;
+mod uploads;
