@@ -19,6 +19,10 @@ pub struct AppState {
     pub signer: UrlSigner,
     /// The virus scanner, when `AIRLOCK_CLAMD` is set.
     pub scanner: Option<crate::scanner::Scanner>,
+    /// Requests per second per API key.
+    pub limiter: crate::limits::RateLimiter,
+    /// Concurrent streaming uploads per tenant.
+    pub uploads: Arc<crate::limits::UploadSlots>,
     /// SHA-256 (hex) of `AIRLOCK_BOOTSTRAP_API_KEY`, accepted as tenant `default`.
     pub bootstrap_key_hash: Option<String>,
 }
@@ -71,7 +75,16 @@ pub async fn open(settings: Settings) -> anyhow::Result<App> {
         .map(|url| crate::scanner::Scanner::from_url(url, 4, Duration::from_secs(120)))
         .transpose()
         .map_err(anyhow::Error::msg)?;
-    Ok(Arc::new(AppState { signer: UrlSigner::new(secret.as_bytes()), settings, bus, blobs, bootstrap_key_hash, scanner }))
+    Ok(Arc::new(AppState {
+        signer: UrlSigner::new(secret.as_bytes()),
+        limiter: crate::limits::RateLimiter::new(settings.rate_limit),
+        uploads: crate::limits::UploadSlots::new(settings.max_concurrent_uploads),
+        settings,
+        bus,
+        blobs,
+        bootstrap_key_hash,
+        scanner,
+    }))
 }
 
 /// Runs the service on `listener` until `shutdown`: the API, the workers, or both.

@@ -87,16 +87,21 @@ impl FromRequestParts<App> for Tenant {
         let header = parts.headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).ok_or_else(ApiError::unauthorized)?;
         let key = header.strip_prefix("Bearer ").map(str::trim).filter(|k| !k.is_empty()).ok_or_else(ApiError::unauthorized)?;
         let hash = hash_key(key);
-        if let Some(boot) = &app.bootstrap_key_hash
-            && constant_time_eq(boot.as_bytes(), hash.as_bytes())
-        {
-            return Ok(Tenant("default".into()));
+        let tenant = if app.bootstrap_key_hash.as_deref().is_some_and(|boot| constant_time_eq(boot.as_bytes(), hash.as_bytes())) {
+            "default".to_owned()
+        } else {
+            let tenant: Option<String> = sqlx::query_scalar("SELECT tenant FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL")
+                .bind(&hash)
+                .fetch_optional(app.bus.pool())
+                .await?;
+            tenant.ok_or_else(ApiError::unauthorized)?
+        };
+        if let Err(wait) = app.limiter.check(&hash) {
+            let mut e = ApiError::new(axum::http::StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests for this API key; slow down");
+            e.retry_after = Some(wait);
+            return Err(e);
         }
-        let tenant: Option<String> = sqlx::query_scalar("SELECT tenant FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL")
-            .bind(&hash)
-            .fetch_optional(app.bus.pool())
-            .await?;
-        tenant.map(Tenant).ok_or_else(ApiError::unauthorized)
+        Ok(Tenant(tenant))
     }
 }
 

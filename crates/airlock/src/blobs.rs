@@ -31,6 +31,8 @@ pub enum WriteError {
     TooLarge { limit: u64 },
     #[error("reading the request body failed: {0}")]
     Body(String),
+    #[error("no bytes arrived for {0:?}")]
+    Idle(std::time::Duration),
     #[error("object store: {0}")]
     Store(#[from] object_store::Error),
 }
@@ -85,7 +87,7 @@ impl Blobs {
     ///
     /// # Errors
     /// [`WriteError`].
-    pub async fn write_stream<S, E>(&self, key: &str, body: S, limit: u64) -> Result<Written, WriteError>
+    pub async fn write_stream<S, E>(&self, key: &str, body: S, limit: u64, idle: std::time::Duration) -> Result<Written, WriteError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
@@ -96,7 +98,8 @@ impl Blobs {
         let mut total: u64 = 0;
         let mut body = body;
         let outcome: Result<(), WriteError> = async {
-            while let Some(chunk) = body.next().await {
+            // A client that stops sending (slowloris) is cut off after `idle` without bytes.
+            while let Some(chunk) = tokio::time::timeout(idle, body.next()).await.map_err(|_| WriteError::Idle(idle))? {
                 let chunk = chunk.map_err(|e| WriteError::Body(e.to_string()))?;
                 total += chunk.len() as u64;
                 if total > limit {

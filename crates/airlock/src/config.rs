@@ -24,6 +24,12 @@ struct FileSettings {
     log_format: Option<String>,
     /// How long validation may take before `processing.timeout` quarantines the file.
     validation_timeout: Option<String>,
+    /// An upload receiving no bytes for this long is aborted (`408 upload_timeout`).
+    upload_idle_timeout: Option<String>,
+    /// Requests per second allowed per API key (a token bucket; bursts up to twice that).
+    rate_limit: Option<u32>,
+    /// Uploads streaming at once per tenant.
+    max_concurrent_uploads: Option<u32>,
     #[serde(default)]
     kinds: BTreeMap<String, KindFile>,
 }
@@ -144,6 +150,9 @@ pub struct Settings {
     pub log: String,
     pub log_json: bool,
     pub validation_timeout: Duration,
+    pub upload_idle_timeout: Duration,
+    pub rate_limit: u32,
+    pub max_concurrent_uploads: u32,
     pub kinds: BTreeMap<String, Kind>,
 }
 
@@ -192,6 +201,19 @@ impl Settings {
         let validation_timeout = parse_duration(&pick("AIRLOCK_VALIDATION_TIMEOUT", f.validation_timeout).unwrap_or_else(|| "5m".into()))
             .map_err(|e| ConfigError(format!("validation_timeout: {e}")))?;
 
+        let upload_idle_timeout = parse_duration(&pick("AIRLOCK_UPLOAD_IDLE_TIMEOUT", f.upload_idle_timeout).unwrap_or_else(|| "30s".into()))
+            .map_err(|e| ConfigError(format!("upload_idle_timeout: {e}")))?;
+        let number = |var: &str, file: Option<u32>, default: u32| -> Result<u32, ConfigError> {
+            match env.get(var).filter(|v| !v.is_empty()) {
+                Some(v) => v.parse().map_err(|_| ConfigError(format!("{var}: `{v}` is not a number"))),
+                None => Ok(file.unwrap_or(default)),
+            }
+        };
+        let rate_limit = number("AIRLOCK_RATE_LIMIT", f.rate_limit, 1000)?;
+        let max_concurrent_uploads = number("AIRLOCK_MAX_CONCURRENT_UPLOADS", f.max_concurrent_uploads, 64)?;
+        if rate_limit == 0 || max_concurrent_uploads == 0 {
+            return Err(ConfigError("rate_limit and max_concurrent_uploads must be positive".into()));
+        }
         let mut kinds = BTreeMap::new();
         for (name, k) in f.kinds {
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
@@ -244,6 +266,9 @@ impl Settings {
             log: pick("AIRLOCK_LOG", f.log).unwrap_or_else(|| "info".into()),
             log_json: log_format == "json",
             validation_timeout,
+            upload_idle_timeout,
+            rate_limit,
+            max_concurrent_uploads,
             kinds,
         })
     }

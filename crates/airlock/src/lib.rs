@@ -17,6 +17,7 @@ pub mod config;
 pub mod error;
 pub mod files;
 pub mod images;
+pub mod limits;
 pub mod names;
 pub mod pipeline;
 pub mod range;

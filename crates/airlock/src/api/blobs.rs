@@ -75,9 +75,15 @@ pub async fn put_bytes(
     {
         return Err(too_large());
     }
+    let Some(_slot) = app.uploads.acquire(&file.tenant) else {
+        let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_uploads", "this tenant has too many uploads in progress; retry shortly");
+        e.retry_after = Some(1);
+        return Err(e);
+    };
     let key = quarantine_key(&file.tenant, file_id, Uuid::now_v7());
-    let written = match app.blobs.write_stream(&key, body.into_data_stream(), limit).await {
+    let written = match app.blobs.write_stream(&key, body.into_data_stream(), limit, app.settings.upload_idle_timeout).await {
         Ok(w) => w,
+        Err(WriteError::Idle(d)) => return Err(ApiError::new(StatusCode::REQUEST_TIMEOUT, "upload_timeout", format!("no bytes arrived for {d:?}"))),
         Err(WriteError::TooLarge { .. }) => return Err(too_large()),
         Err(WriteError::Body(e)) => {
             return Err(ApiError::bad_request("body_incomplete", format!("the request body ended early: {e}")));
