@@ -15,6 +15,8 @@ Environment:
   BENCH_SMALL       number of small files (default 1000)
   BENCH_SMALL_BYTES size of a small file (default 100000)
   BENCH_WORKERS     concurrent client threads for small files (default 8)
+  BENCH_ROUNDS      rounds of (raw write, large PUT), alternated; medians are reported (default 3)
+  BENCH_STOP_SECS   how long to wait for the server after SIGTERM before SIGKILL (default 20)
   BENCH_DIR         parent of the temporary data dir (default: $TMPDIR or /tmp)
   BENCH_KEEP=1      keep the temporary dir (and the server log) afterwards
   BENCH_LOG         server log filter, passed as AIRLOCK_LOG (default: the server's default)
@@ -48,6 +50,8 @@ SIZE_MIB = env_int("BENCH_SIZE_MIB", 2048)
 SMALL_N = env_int("BENCH_SMALL", 1000)
 SMALL_BYTES = env_int("BENCH_SMALL_BYTES", 100_000)
 WORKERS = env_int("BENCH_WORKERS", 8)
+ROUNDS = max(1, env_int("BENCH_ROUNDS", 3))
+STOP_SECS = env_int("BENCH_STOP_SECS", 20)
 KEEP = os.environ.get("BENCH_KEEP", "") not in ("", "0")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -94,6 +98,14 @@ def proc_cpu_seconds(pid):
         return 0.0
     fields = data[data.rindex(")") + 2:].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def loadavg():
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "?"
 
 
 def self_cpu_seconds():
@@ -245,15 +257,19 @@ class Server:
             return "(no log)"
 
     def stop(self):
-        if self.proc is None or self.proc.poll() is not None:
+        if self.proc is None:
             return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            log("server did not stop within 30 s of SIGTERM; killing it")
-            self.proc.kill()
-            self.proc.wait()
+        if self.proc.poll() is None:
+            t0 = time.perf_counter()
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=STOP_SECS)
+                log(f"server stopped {time.perf_counter() - t0:.2f} s after SIGTERM "
+                    f"(exit {self.proc.returncode})")
+            except subprocess.TimeoutExpired:
+                log(f"note: server still running {STOP_SECS} s after SIGTERM; sent SIGKILL")
+                self.proc.kill()
+                self.proc.wait()
         self.logf.close()
 
 
@@ -531,7 +547,7 @@ def main():
     parent = os.environ.get("BENCH_DIR") or tempfile.gettempdir()
     workdir = tempfile.mkdtemp(prefix="airlock-bench-", dir=parent)
     server = Server(binary, workdir)
-    need = 2 * SIZE_MIB * MIB + SMALL_N * SMALL_BYTES * 2 + 256 * MIB
+    need = (ROUNDS + 1) * SIZE_MIB * MIB + SMALL_N * SMALL_BYTES * 2 + 256 * MIB
     free = shutil.disk_usage(workdir).free
     log(f"airlock ingest benchmark: {binary}")
     log(f"  data dir {server.data_dir} ({free / 1e9:.1f} GB free), size {SIZE_MIB} MiB, "
@@ -540,23 +556,35 @@ def main():
         log(f"  warning: {need / 1e9:.1f} GB may be needed, {free / 1e9:.1f} GB free")
     try:
         os.makedirs(server.data_dir, exist_ok=True)
-        log("1. raw disk write ...")
-        raw_pc, raw_sync = raw_disk(server.data_dir, SIZE_MIB)
-        log(f"   raw (page cache): {raw_pc:.0f} MB/s   raw (incl. fsync): {raw_sync:.0f} MB/s")
-
         server.start()
-        log(f"   server pid {server.pid} on port {server.port}")
-        log("2. one large PUT ...")
-        lg = large_put(server, SIZE_MIB)
-        log(f"   {lg['mbps']:.0f} MB/s in {lg['secs']:.2f} s (send {lg['send_secs']:.2f} s, "
-            f"response after last byte {lg['finish_secs'] * 1000:.0f} ms); "
-            f"then {lg['final_status']} after {lg['to_promoted_secs']:.2f} s")
-        log(f"   CPU during the PUT: server {lg['server_cpu']:.2f} s, client {lg['client_cpu']:.2f} s "
-            f"({lg['server_cpu'] / lg['secs']:.2f} / {lg['client_cpu'] / lg['secs']:.2f} cores)")
-        log(f"3. server memory: VmRSS before {lg['rss_before_kib'] / 1024:.1f} MiB "
-            f"(VmHWM {lg['hwm_before_kib'] / 1024:.1f}), VmHWM after {lg['hwm_after_kib'] / 1024:.1f} MiB, "
-            f"max sampled VmRSS {lg['rss_sampled_max_kib'] / 1024:.1f} MiB, VmRSS after "
-            f"{lg['rss_after_kib'] / 1024:.1f} MiB")
+        log(f"server pid {server.pid} on port {server.port}; load average {loadavg()}")
+        log(f"1+2. raw disk write vs one large PUT, {SIZE_MIB} MiB each, {ROUNDS} alternating round(s)")
+        raws, puts = [], []
+        for r in range(1, ROUNDS + 1):
+            raw_pc, raw_sync = raw_disk(server.data_dir, SIZE_MIB)
+            raws.append((raw_pc, raw_sync))
+            log(f"   round {r}: raw (page cache) {raw_pc:.0f} MB/s, raw (incl. fsync) {raw_sync:.0f} MB/s")
+            lg = large_put(server, SIZE_MIB)
+            puts.append(lg)
+            log(f"   round {r}: airlock PUT {lg['mbps']:.0f} MB/s in {lg['secs']:.2f} s (send {lg['send_secs']:.2f} s, "
+                f"response {lg['finish_secs'] * 1000:.0f} ms after the last byte); "
+                f"{lg['final_status']} {lg['to_promoted_secs']:.2f} s later; "
+                f"CPU server {lg['server_cpu']:.2f} s ({lg['server_cpu'] / lg['secs']:.2f} cores), "
+                f"client {lg['client_cpu']:.2f} s ({lg['client_cpu'] / lg['secs']:.2f} cores); "
+                f"VmHWM {lg['hwm_after_kib'] / 1024:.1f} MiB")
+            # Start the next measurement from a clean page cache, as the raw one does (fsync).
+            os.sync()
+        raw_pc = statistics.median(x[0] for x in raws)
+        raw_sync = statistics.median(x[1] for x in raws)
+        put_mbps = statistics.median(x["mbps"] for x in puts)
+        first, last = puts[0], puts[-1]
+        log(f"   median: raw (page cache) {raw_pc:.0f} MB/s, raw (incl. fsync) {raw_sync:.0f} MB/s, "
+            f"airlock PUT {put_mbps:.0f} MB/s ({put_mbps / raw_pc:.2f} of raw page cache, "
+            f"{put_mbps / raw_sync:.2f} of raw incl. fsync)")
+        log(f"3. server memory: VmRSS before the first PUT {first['rss_before_kib'] / 1024:.1f} MiB "
+            f"(VmHWM {first['hwm_before_kib'] / 1024:.1f}); VmHWM after the last {last['hwm_after_kib'] / 1024:.1f} MiB; "
+            f"max sampled VmRSS {max(x['rss_sampled_max_kib'] for x in puts) / 1024:.1f} MiB; "
+            f"VmRSS after {last['rss_after_kib'] / 1024:.1f} MiB")
 
         log(f"4. {SMALL_N} small files ...")
         sm = small_files(server, SMALL_N, SMALL_BYTES, WORKERS)
@@ -592,11 +620,12 @@ def main():
         if sm["errors"]:
             log(f"   {len(sm['errors'])} client errors, first: {sm['errors'][0]}")
 
+        log(f"load average at the end {loadavg()}")
         log("")
-        log("summary")
+        log(f"summary ({SIZE_MIB} MiB; medians of {ROUNDS} round(s))")
         log(f"raw disk write:      {raw_pc:.0f} MB/s   (page cache; {raw_sync:.0f} MB/s incl. fsync)")
-        log(f"airlock large PUT:   {lg['mbps']:.0f} MB/s  ({lg['mbps'] / raw_pc:.2f} of raw)   "
-            f"peak RSS {lg['hwm_after_kib'] / 1024:.0f} MiB (RSS before {lg['rss_before_kib'] / 1024:.0f} MiB)")
+        log(f"airlock large PUT:   {put_mbps:.0f} MB/s  ({put_mbps / raw_pc:.2f} of raw)   "
+            f"peak RSS {last['hwm_after_kib'] / 1024:.0f} MiB (RSS before {first['rss_before_kib'] / 1024:.0f} MiB)")
         log(f"small files ({SMALL_BYTES // 1000}KB): {sm['accepted_per_s']:.0f} accepted/s, "
             f"{sm['promoted_per_s']:.0f} promoted/s"
             + ("" if sm["complete"] else f"  (only {sm['promoted']}/{sm['n']} promoted)"))

@@ -117,6 +117,28 @@ pub async fn get(pool: &sqlx::SqlitePool, tenant: &str, id: &str) -> Result<Opti
     row.as_ref().map(Webhook::from_row).transpose()
 }
 
+/// Stores a new webhook (its bus subscription is registered by the caller).
+///
+/// # Errors
+/// Database failures.
+pub async fn insert(pool: &sqlx::SqlitePool, w: &Webhook) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO webhooks (id, tenant, name, url, event_types, filter, secrets, timeout_ms, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(&w.id)
+    .bind(&w.tenant)
+    .bind(&w.name)
+    .bind(&w.url)
+    .bind(serde_json::to_string(&w.event_types).unwrap_or_default())
+    .bind(serde_json::to_string(&w.filter).unwrap_or_default())
+    .bind(serde_json::to_string(&w.secrets).unwrap_or_default())
+    .bind(w.timeout_ms)
+    .bind(w.created_at)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// What a new webhook is created from (validated by the API).
 #[derive(Debug, Clone, Deserialize)]
 pub struct WebhookRetry {

@@ -37,6 +37,22 @@ fn parse_id(id: &str) -> Result<Uuid, ApiError> {
     responses((status = 200, description = "bytes stored in quarantine"), (status = 403, description = "missing, tampered or expired signature"),
               (status = 409, description = "already uploaded"), (status = 413, description = "larger than allowed")))]
 pub async fn put_bytes(
+    state: State<App>,
+    path: Path<String>,
+    query: RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<axum::Json<Value>, Response> {
+    // A refusal may come before the body was read to its end: the connection cannot be reused
+    // (the unread rest would be taken for the next request), so say so instead of dropping it.
+    store_upload(state, path, query, headers, body).await.map_err(|e| {
+        let mut res = e.into_response();
+        res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        res
+    })
+}
+
+async fn store_upload(
     State(app): State<App>,
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
@@ -184,10 +200,11 @@ pub async fn get_bytes(State(app): State<App>, Path(id): Path<String>, RawQuery(
     let range_header = if if_range_ok { headers.get(header::RANGE).and_then(|v| v.to_str().ok()) } else { None };
     match parse_range(range_header, len) {
         ByteRange::Unsatisfiable => {
-            set(&mut res_headers, header::CONTENT_RANGE, &crate::range::unsatisfied_content_range(len));
+            // A problem document, not the file: only the range headers are about the object.
             let mut err =
                 ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable", format!("the object has {len} bytes")).into_response();
-            err.headers_mut().extend(res_headers);
+            set(err.headers_mut(), header::CONTENT_RANGE, &crate::range::unsatisfied_content_range(len));
+            set(err.headers_mut(), header::ACCEPT_RANGES, "bytes");
             Ok(err)
         }
         ByteRange::Partial { start, end } => {

@@ -142,18 +142,7 @@ pub async fn create(
         disabled_at: None,
         disabled_reason: None,
     };
-    sqlx::query("INSERT INTO webhooks (id, tenant, name, url, event_types, filter, secrets, timeout_ms, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
-        .bind(&w.id)
-        .bind(&w.tenant)
-        .bind(&w.name)
-        .bind(&w.url)
-        .bind(serde_json::to_string(&w.event_types).unwrap_or_default())
-        .bind(serde_json::to_string(&w.filter).unwrap_or_default())
-        .bind(serde_json::to_string(&w.secrets).unwrap_or_default())
-        .bind(w.timeout_ms)
-        .bind(w.created_at)
-        .execute(app.bus.pool())
-        .await?;
+    webhooks::insert(app.bus.pool(), &w).await?;
     app.bus.register(&webhooks::spec(&w, webhooks::retry_policy(retry.as_ref()), since)).await?;
     tracing::info!(webhook = %w.id, tenant = %tenant, "Webhook subscription created.");
     let mut v = view(&app, &w).await?;

@@ -51,8 +51,14 @@ impl Handler for Promote {
             }
             let scan = ev.payload.get("scan").cloned().unwrap_or_else(|| json!({"engine": "none", "result": "skipped"}));
             let tx = cx.tx().await?;
-            let changes =
-                Changes { detected_type: Some(&detected), scan: Some(&scan), object_key: Some(&to), bytes, sha256: sha256.as_deref(), ..Default::default() };
+            let changes = Changes {
+                detected_type: Some(&detected),
+                scan: Some(&scan),
+                object_key: Some(&to),
+                bytes,
+                sha256: sha256.as_deref(),
+                ..Default::default()
+            };
             if !files::transition(tx.conn(), file.id, Status::Promoted, &changes).await? {
                 // Deleted (or timed out) while we moved the bytes: do not leave them behind.
                 if let Ok(Some(now)) = files::get(&mut *tx.conn(), file.id).await

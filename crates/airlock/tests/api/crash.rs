@@ -12,12 +12,16 @@ const AFTER_CRASH: Duration = Duration::from_secs(120);
 #[tokio::test]
 async fn every_upload_acknowledged_before_a_kill_is_promoted_after_the_restart() {
     let mut app = TestApp::spawn().await;
-    let mut files = Vec::new();
-    for i in 0..6u8 {
-        let bytes = png(&[i; 64]);
-        let id = app.upload_ok("default", &format!("crash{i}.png"), Some("image/png"), bytes.clone()).await;
-        files.push((id, bytes));
-    }
+    // Six uploads at once, so that the kill lands while the pipeline is busy with them.
+    let uploads = (0..6u8).map(|i| {
+        let app = &app;
+        async move {
+            let bytes = png(&[i; 64]);
+            let id = app.upload_ok("default", &format!("crash{i}.png"), Some("image/png"), bytes.clone()).await;
+            (id, bytes)
+        }
+    });
+    let files: Vec<(String, Vec<u8>)> = futures::future::join_all(uploads).await;
     // Right after the last PUT was acknowledged, without any graceful shutdown.
     app.restart().await;
 

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
 
 /// The deadline for the pipeline to reach a state in ordinary tests.
 pub const DEADLINE: Duration = Duration::from_secs(30);
@@ -74,7 +75,8 @@ pub struct TestApp {
     logs: Arc<Mutex<Vec<String>>>,
 }
 
-fn client() -> reqwest::Client {
+/// A new HTTP client with its own connection pool.
+pub fn client() -> reqwest::Client {
     // reqwest is built without a default TLS crypto provider; only plain HTTP is used here, but
     // the builder insists on one.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -99,10 +101,19 @@ impl TestApp {
             std::fs::write(&p, t).expect("writing the config file");
             p
         });
-        let port = free_port();
+        let mut port = free_port();
         let api_key = format!("test_{}", random_token());
         let logs = Arc::new(Mutex::new(Vec::new()));
-        let child = launch(data_dir.path(), config_path.as_deref(), port, &api_key, &logs).await;
+        // The port was free a moment ago; another test may have taken it since: try another.
+        let mut attempts = 0;
+        let (port, child) = loop {
+            attempts += 1;
+            match launch(data_dir.path(), config_path.as_deref(), port, &api_key, &logs).await {
+                Ok(child) => break (port, child),
+                Err(log) if attempts < 5 && log.contains("listening on") => port = free_port(),
+                Err(log) => panic!("{log}"),
+            }
+        };
         TestApp { address: format!("http://127.0.0.1:{port}"), port, api_key, client: client(), data_dir, config_path, child, logs }
     }
 
@@ -120,7 +131,9 @@ impl TestApp {
     pub async fn restart(&mut self) {
         self.child.kill().expect("killing the server");
         self.child.wait().expect("reaping the server");
-        self.child = launch(self.data_dir.path(), self.config_path.as_deref(), self.port, &self.api_key, &self.logs).await;
+        self.child = launch(self.data_dir.path(), self.config_path.as_deref(), self.port, &self.api_key, &self.logs)
+            .await
+            .unwrap_or_else(|log| panic!("restarting: {log}"));
         // Pooled connections went to the dead process.
         self.client = client();
     }
@@ -351,7 +364,8 @@ impl Drop for TestApp {
 }
 
 /// Starts `airlock serve` and waits for its "Airlock is serving." log line.
-async fn launch(data_dir: &Path, config: Option<&Path>, port: u16, api_key: &str, logs: &Arc<Mutex<Vec<String>>>) -> Child {
+/// `Err` (with the process's log) when it exited before serving.
+async fn launch(data_dir: &Path, config: Option<&Path>, port: u16, api_key: &str, logs: &Arc<Mutex<Vec<String>>>) -> Result<Child, String> {
     let listen = format!("127.0.0.1:{port}");
     let mut cmd = airlock_command();
     cmd.arg("serve")
@@ -390,13 +404,13 @@ async fn launch(data_dir: &Path, config: Option<&Path>, port: u16, api_key: &str
     loop {
         if let Ok(address) = rx.try_recv() {
             assert_eq!(address, listen, "the server announced another address than it was told");
-            return child;
+            return Ok(child);
         }
         if let Ok(Some(exit)) = child.try_wait() {
             // Give the reader a moment to collect the last lines.
             tokio::time::sleep(Duration::from_millis(200)).await;
             let log = logs.lock().expect("log lock").join("\n");
-            panic!("`airlock serve` exited ({exit}) before serving:\n{log}");
+            return Err(format!("`airlock serve` exited ({exit}) before serving:\n{log}"));
         }
         if start.elapsed() > STARTUP {
             let _ = child.kill();
@@ -426,34 +440,57 @@ pub async fn assert_problem(res: reqwest::Response, status: u16, code: &str) -> 
     v
 }
 
-// ---- test files, built in code ----
-
-/// A minimal PNG: the signature, an IHDR chunk (`w`×1, 8-bit RGB) and `extra` bytes of IDAT-ish
-/// filler, so different calls can give different bytes.
-pub fn png(extra: &[u8]) -> Vec<u8> {
-    let mut v = vec![0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A];
-    v.extend_from_slice(&13u32.to_be_bytes());
-    v.extend_from_slice(b"IHDR");
-    v.extend_from_slice(&1u32.to_be_bytes()); // width
-    v.extend_from_slice(&1u32.to_be_bytes()); // height
-    v.extend_from_slice(&[8, 2, 0, 0, 0]); // depth, colour type, compression, filter, interlace
-    v.extend_from_slice(&[0x90, 0x77, 0x53, 0xDE]); // CRC
-    v.extend_from_slice(&(extra.len() as u32).to_be_bytes());
-    v.extend_from_slice(b"IDAT");
-    v.extend_from_slice(extra);
-    v.extend_from_slice(&[0, 0, 0, 0]);
-    v.extend_from_slice(&[0, 0, 0, 0]);
-    v.extend_from_slice(b"IEND");
-    v.extend_from_slice(&[0xAE, 0x42, 0x60, 0x82]);
-    v
+/// Reads an HTTP/1.1 response's status line and headers (lowercased) from a raw connection.
+pub async fn read_response_head(conn: &mut tokio::net::TcpStream) -> String {
+    let mut answer = Vec::new();
+    let mut byte = [0u8; 1];
+    while !answer.ends_with(b"\r\n\r\n") {
+        if conn.read(&mut byte).await.expect("read") == 0 {
+            break;
+        }
+        answer.push(byte[0]);
+    }
+    String::from_utf8_lossy(&answer).to_ascii_lowercase().replace("http/1.1", "HTTP/1.1")
 }
 
-/// A minimal JPEG (JFIF header, end of image).
+/// Opens a raw connection and sends the head of a chunked `PUT` to `url` plus `first` as one
+/// chunk, leaving the body open.
+pub async fn start_chunked_put(app: &TestApp, url: &str, first: &[u8]) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let url = reqwest::Url::parse(url).expect("URL");
+    let target = format!("{}?{}", url.path(), url.query().expect("query"));
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", app.port)).await.expect("connect");
+    let mut req = format!("PUT {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n", first.len()).into_bytes();
+    req.extend_from_slice(first);
+    req.extend_from_slice(b"\r\n");
+    conn.write_all(&req).await.expect("write");
+    conn
+}
+
+// ---- test files, built in code ----
+
+/// An 8×8 RGB image whose pixels are derived from `seed`, so different seeds give different
+/// files.
+fn pixels(seed: &[u8]) -> image::RgbImage {
+    let digest = Sha256::digest(seed);
+    image::RgbImage::from_fn(8, 8, |x, y| {
+        let i = (x + y * 8) as usize;
+        image::Rgb([digest[i % 32], digest[(i * 7 + 3) % 32], (x * 32 + y) as u8])
+    })
+}
+
+/// A real (decodable) PNG.
+pub fn png(seed: &[u8]) -> Vec<u8> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    pixels(seed).write_to(&mut out, image::ImageFormat::Png).expect("encoding a PNG");
+    out.into_inner()
+}
+
+/// A real (decodable) JPEG.
 pub fn jpeg() -> Vec<u8> {
-    let mut v = vec![0xFF, 0xD8, 0xFF, 0xE0, 0x00, 0x10, b'J', b'F', b'I', b'F', 0x00, 0x01, 0x01, 0x00, 0x00, 0x01, 0x00, 0x01, 0x00, 0x00];
-    v.extend_from_slice(&[0u8; 64]);
-    v.extend_from_slice(&[0xFF, 0xD9]);
-    v
+    let mut out = std::io::Cursor::new(Vec::new());
+    pixels(b"jpeg").write_to(&mut out, image::ImageFormat::Jpeg).expect("encoding a JPEG");
+    out.into_inner()
 }
 
 pub fn text() -> Vec<u8> {

@@ -129,6 +129,20 @@ async fn deleting_a_promoted_file_removes_its_bytes_and_records_the_cleanup() {
 }
 
 #[tokio::test]
+async fn deleting_a_quarantined_file_removes_its_quarantined_bytes() {
+    let app = TestApp::spawn().await;
+    let id = app.upload_ok("default", "page.html", None, crate::helpers::html()).await;
+    app.wait_for_status(&id, &["quarantined"]).await;
+    assert_eq!(app.stored_objects(&format!("quarantine/default/{id}")).len(), 1);
+    assert_eq!(app.delete_file(&id, &app.api_key).await.status(), 202);
+    let events = app.wait_for_event(&id, "cleanup.initiated").await;
+    let cleanup = events.iter().find(|e| e["event_type"] == "cleanup.initiated").expect("cleanup");
+    assert_eq!(cleanup["payload"]["objects"], 1, "{cleanup}");
+    assert!(app.stored_objects(&format!("quarantine/default/{id}")).is_empty(), "quarantined bytes survived the deletion");
+    assert_eq!(app.file(&id).await["status"], "deleted");
+}
+
+#[tokio::test]
 async fn a_pending_file_that_was_deleted_no_longer_accepts_bytes() {
     let app = TestApp::spawn().await;
     let created = app.create_upload_ok(json!({"kind": "default", "filename": "never.png"})).await;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::helpers::{TestApp, assert_problem, file_id, html, jpeg, png, text};
+use crate::helpers::{TestApp, assert_problem, file_id, html, jpeg, png, read_response_head, text};
 
 /// `avatar`: small images only.
 const CONFIG: &str = r#"
@@ -48,8 +48,11 @@ async fn a_streamed_upload_without_content_length_over_max_bytes_is_refused_with
     assert_eq!(created["upload"]["max_bytes"], 1000);
     let url = created["upload"]["url"].as_str().expect("url");
     // 10 chunks of 512 bytes, sent chunked: the server only learns the size by counting.
-    let chunks = futures::stream::iter((0..10).map(|i| Ok::<_, std::io::Error>(if i == 0 { png(&[1u8; 400]) } else { vec![0u8; 512] })));
-    let res = app.client.put(url).header("content-type", "image/png").body(reqwest::Body::wrap_stream(chunks)).send().await.expect("PUT");
+    let chunks = futures::stream::iter((0..10).map(|_| Ok::<_, std::io::Error>(vec![0u8; 512])));
+    // Its own client: the server may close this connection (see
+    // `a_keep_alive_client_is_told_when_an_early_413_closes_the_connection`).
+    let res =
+        crate::helpers::client().put(url).header("content-type", "image/png").body(reqwest::Body::wrap_stream(chunks)).send().await.expect("PUT");
     assert_problem(res, 413, "upload_too_large").await;
 
     // Nothing was kept, and the file still waits for its bytes: the right ones are accepted.
@@ -73,33 +76,59 @@ async fn an_oversize_upload_is_refused_before_the_body_has_ended() {
     let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", app.port)).await.expect("connect");
     let head = format!("PUT {target} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Type: image/png\r\nTransfer-Encoding: chunked\r\n\r\n", app.port);
     conn.write_all(head.as_bytes()).await.expect("write head");
-    let body = png(&[3u8; 1943]);
-    assert_eq!(body.len(), 2000);
+    let mut body = png(b"head");
+    body.resize(2000, 0);
     let mut chunk = format!("{:x}\r\n", body.len()).into_bytes();
     chunk.extend(body);
     chunk.extend_from_slice(b"\r\n");
     conn.write_all(&chunk).await.expect("write chunk");
-    let mut answer = Vec::new();
-    let mut buf = [0u8; 4096];
-    let read = tokio::time::timeout(Duration::from_secs(30), async {
-        while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = conn.read(&mut buf).await.expect("read");
-            if n == 0 {
-                break;
-            }
-            answer.extend_from_slice(&buf[..n]);
-        }
-    })
-    .await;
-    assert!(read.is_ok(), "no answer within 30 s while the oversize body was still open");
-    let answer = String::from_utf8_lossy(&answer);
+    let read = tokio::time::timeout(Duration::from_secs(30), read_response_head(&mut conn)).await;
+    let answer = read.expect("no answer within 30 s while the oversize body was still open");
     assert!(answer.starts_with("HTTP/1.1 413"), "expected 413 before the body ended, got: {answer}");
+}
+
+#[tokio::test]
+async fn a_keep_alive_client_is_told_when_an_early_413_closes_the_connection() {
+    let app = TestApp::spawn_with_config(CONFIG).await;
+    let created = app.create_upload_ok(json!({"kind": "avatar", "filename": "big.png"})).await;
+    let url = reqwest::Url::parse(created["upload"]["url"].as_str().expect("url")).expect("URL");
+    let target = format!("{}?{}", url.path(), url.query().expect("query"));
+    // A whole (chunked) oversize request, then a second request on the same connection, as a
+    // keep-alive client (reqwest, browsers) does unless the response said `Connection: close`.
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", app.port)).await.expect("connect");
+    let mut request = format!("PUT {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n").into_bytes();
+    for _ in 0..10 {
+        request.extend_from_slice(b"200\r\n");
+        request.extend_from_slice(&[0u8; 512]);
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    conn.write_all(&request).await.expect("write PUT");
+    let head = tokio::time::timeout(Duration::from_secs(30), read_response_head(&mut conn)).await.expect("an answer to the PUT");
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    if head.contains("\r\nconnection: close") {
+        return; // The client was told; it will not reuse the connection.
+    }
+    // Skip the problem body, then reuse the connection.
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map(|v| v.trim().parse().expect("content-length"))
+        .expect("a content-length on the 413");
+    let mut body = vec![0u8; len];
+    conn.read_exact(&mut body).await.expect("the 413 body");
+    let _ = conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await;
+    let next = tokio::time::timeout(Duration::from_secs(30), read_response_head(&mut conn)).await.expect("an answer to the GET");
+    assert!(
+        next.starts_with("HTTP/1.1 200"),
+        "the 413 response did not say `Connection: close`, yet the server dropped the kept-alive connection: the next request got {next:?}"
+    );
 }
 
 #[tokio::test]
 async fn a_content_length_over_the_limit_is_refused_at_once() {
     let app = TestApp::spawn_with_config(CONFIG).await;
-    let (_, res) = app.upload("avatar", "big.png", Some("image/png"), png(&[0u8; 2000])).await;
+    let (_, res) = app.upload("avatar", "big.png", Some("image/png"), vec![0u8; 2000]).await;
     assert_problem(res, 413, "upload_too_large").await;
 }
 
@@ -115,7 +144,7 @@ async fn an_upload_may_not_exceed_its_declared_size() {
     let app = TestApp::spawn_with_config(CONFIG).await;
     let created = app.create_upload_ok(json!({"kind": "avatar", "filename": "a.png", "content_type": "image/png", "size": 100})).await;
     assert_eq!(created["upload"]["max_bytes"], 100);
-    let res = app.put_bytes(&created, png(&[0u8; 200])).await;
+    let res = app.put_bytes(&created, vec![0u8; 200]).await;
     assert_problem(res, 413, "upload_too_large").await;
 }
 

@@ -38,6 +38,8 @@ async fn another_tenant_cannot_see_or_touch_a_file() {
     assert_problem(get, 404, "not_found").await;
     assert_problem(app.download_response(&id, &other).await, 404, "not_found").await;
     assert_problem(app.events_response(&id, &other).await, 404, "not_found").await;
+    let stream = app.client.get(app.url(&format!("/v1/files/{id}/events/stream"))).bearer_auth(&other).send().await.expect("GET stream");
+    assert_problem(stream, 404, "not_found").await;
     let complete = app.client.post(app.url(&format!("/v1/files/{id}/complete"))).bearer_auth(&other).send().await.expect("POST complete");
     assert_problem(complete, 404, "not_found").await;
     assert_problem(app.delete_file(&id, &other).await, 404, "not_found").await;
@@ -259,4 +261,75 @@ async fn an_invalid_traceparent_is_not_propagated() {
     let events = app.events(&file_id(&created)).await;
     assert_eq!(events.len(), 1);
     assert!(events[0].get("traceparent").is_none_or(Value::is_null), "an all-zero traceparent was kept: {}", events[0]);
+}
+
+/// Uploads must keep bytes coming; one at a time per tenant.
+const STRICT: &str = "upload_idle_timeout = \"1s\"\nmax_concurrent_uploads = 1\n";
+
+#[tokio::test]
+async fn a_stalled_upload_is_cut_off_and_holds_its_tenants_slot_until_then() {
+    let app = TestApp::spawn_with_config(STRICT).await;
+    let stalled = app.create_upload_ok(json!({"kind": "default", "filename": "slow.png"})).await;
+    let stalled_id = file_id(&stalled);
+    let other = app.create_upload_ok(json!({"kind": "default", "filename": "next.png"})).await;
+    let other_id = file_id(&other);
+
+    // A slowloris: a few bytes, then nothing.
+    let mut conn = crate::helpers::start_chunked_put(&app, stalled["upload"]["url"].as_str().expect("url"), &png(b"slow")[..16]).await;
+    // Wait until the server has taken the slot for it: a probe that may never store anything
+    // (1 byte allowed, 2 sent without a Content-Length) answers 413 while the slot is free and
+    // 429 once it is taken.
+    let probe = app.create_upload_ok(json!({"kind": "default", "filename": "probe.png", "size": 1})).await;
+    let probe_url = probe["upload"]["url"].as_str().expect("url").to_owned();
+    let start = std::time::Instant::now();
+    loop {
+        let body = reqwest::Body::wrap_stream(futures::stream::iter([Ok::<_, std::io::Error>(vec![1u8, 2])]));
+        let res = crate::helpers::client().put(&probe_url).body(body).send().await.expect("probe PUT");
+        match res.status().as_u16() {
+            429 => break,
+            413 => {}
+            other => panic!("the probe got {other}"),
+        }
+        assert!(start.elapsed() < crate::helpers::DEADLINE, "the stalled upload never took its slot");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // While it holds the tenant's only slot, another upload of the tenant must wait.
+    let busy = app.put_bytes(&other, png(b"next")).await;
+    assert!(busy.headers().get("retry-after").is_some(), "429 without Retry-After");
+    assert_problem(busy, 429, "too_many_uploads").await;
+
+    let head = tokio::time::timeout(std::time::Duration::from_secs(30), crate::helpers::read_response_head(&mut conn))
+        .await
+        .expect("the stalled upload was never cut off");
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    assert!(start.elapsed() < std::time::Duration::from_secs(30));
+    assert_eq!(app.file(&stalled_id).await["status"], "pending", "a cut-off upload leaves the file waiting");
+    assert!(app.stored_objects("quarantine").is_empty(), "the partial bytes were left behind");
+
+    // The slot is free again, and the cut-off file can still get its bytes.
+    assert_eq!(app.put_bytes(&other, png(b"next")).await.status(), 200);
+    assert_eq!(app.put_bytes(&stalled, png(b"slow")).await.status(), 200);
+    app.wait_for_status(&stalled_id, &["promoted"]).await;
+    app.wait_for_status(&other_id, &["promoted"]).await;
+}
+
+#[tokio::test]
+async fn an_api_key_over_its_rate_limit_is_told_to_retry_later() {
+    let app = TestApp::spawn_with_config("rate_limit = 2\n").await;
+    let other = app.other_tenant_key();
+    let mut limited = None;
+    for _ in 0..20 {
+        let res = app.list("", &app.api_key).await;
+        if res.status() == 429 {
+            limited = Some(res);
+            break;
+        }
+        assert_eq!(res.status(), 200);
+    }
+    let res = limited.expect("20 requests in a row were never limited at 2 a second");
+    let retry: u64 = res.headers()["retry-after"].to_str().expect("ASCII").parse().expect("seconds");
+    assert!(retry >= 1, "Retry-After {retry}");
+    assert_problem(res, 429, "rate_limited").await;
+    // Another key has its own budget.
+    assert_eq!(app.list("", &other).await.status(), 200);
 }

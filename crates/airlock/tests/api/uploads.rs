@@ -139,10 +139,6 @@ async fn a_download_is_served_with_safe_headers_etag_and_ranges() {
     assert_eq!(suffix.status(), 206);
     assert_eq!(suffix.bytes().await.expect("body").to_vec(), &bytes[bytes.len() - 4..]);
 
-    let past = app.client.get(&url).header("range", format!("bytes={}-", bytes.len() + 10)).send().await.expect("GET past the end");
-    assert_eq!(header(&past, "content-range"), format!("bytes */{}", bytes.len()));
-    assert_problem(past, 416, "range_not_satisfiable").await;
-
     let cached = app.client.get(&url).header("if-none-match", &etag).send().await.expect("GET conditional");
     assert_eq!(cached.status(), 304);
     assert_eq!(header(&cached, "etag"), etag);
@@ -152,6 +148,21 @@ async fn a_download_is_served_with_safe_headers_etag_and_ranges() {
     let stale = app.client.get(&url).header("range", "bytes=0-3").header("if-range", "\"someotheretag\"").send().await.expect("GET if-range");
     assert_eq!(stale.status(), 200);
     assert_eq!(stale.bytes().await.expect("body").len(), bytes.len());
+}
+
+#[tokio::test]
+async fn a_range_past_the_end_is_a_416_problem_naming_the_length() {
+    let app = TestApp::spawn().await;
+    let bytes = png(b"range");
+    let id = app.upload_ok("default", "photo.png", Some("image/png"), bytes.clone()).await;
+    app.wait_for_status(&id, &["promoted"]).await;
+    let url = app.download_url(&id).await;
+    let past = app.client.get(&url).header("range", format!("bytes={}-", bytes.len() + 10)).send().await.expect("GET past the end");
+    assert_eq!(header(&past, "content-range"), format!("bytes */{}", bytes.len()));
+    // The body is a JSON problem, so it must not be labelled (or offered as an attachment) as
+    // the file's own type.
+    assert!(past.headers().get("content-disposition").is_none(), "a 416 problem is not an attachment: {:?}", past.headers());
+    assert_problem(past, 416, "range_not_satisfiable").await;
 }
 
 #[tokio::test]
@@ -206,4 +217,53 @@ async fn malformed_upload_requests_are_refused_with_stable_codes() {
     // None of them left a file behind.
     let list: Value = app.list("", &app.api_key).await.json().await.expect("JSON");
     assert_eq!(list["items"], json!([]), "refused requests created files");
+}
+
+#[tokio::test]
+async fn of_two_concurrent_puts_to_one_upload_url_exactly_one_wins() {
+    let app = TestApp::spawn().await;
+    let created = app.create_upload_ok(json!({"kind": "default", "filename": "race.png", "content_type": "image/png"})).await;
+    let id = file_id(&created);
+    let (a, b) = (png(b"first contender"), png(b"second contender"));
+    let (ra, rb) = tokio::join!(app.put_bytes(&created, a.clone()), app.put_bytes(&created, b.clone()));
+    let (sa, sb) = (ra.status().as_u16(), rb.status().as_u16());
+    let winner = match (sa, sb) {
+        (200, 409) => {
+            assert_problem(rb, 409, "already_uploaded").await;
+            a
+        }
+        (409, 200) => {
+            assert_problem(ra, 409, "already_uploaded").await;
+            b
+        }
+        other => panic!("two PUTs of one upload answered {other:?}"),
+    };
+    let f = app.wait_for_status(&id, &["promoted", "quarantined"]).await;
+    assert_eq!(f["status"], "promoted", "{f}");
+    assert_eq!(f["sha256"], sha256_hex(&winner), "the record is not the winner's");
+    assert_eq!(app.download(&id).await, winner, "the stored bytes are not the winner's");
+    // The loser's bytes were not left behind in quarantine.
+    assert!(app.stored_objects(&format!("quarantine/default/{id}")).is_empty());
+    let types = app.event_types(&id).await;
+    assert_eq!(types.iter().filter(|t| *t == "file.uploaded").count(), 1, "{types:?}");
+}
+
+#[tokio::test]
+async fn complete_says_whether_the_bytes_are_in() {
+    let app = TestApp::spawn().await;
+    let created = app.create_upload_ok(json!({"kind": "default", "filename": "c.png"})).await;
+    let id = file_id(&created);
+    let complete = || async { app.client.post(app.url(&format!("/v1/files/{id}/complete"))).bearer_auth(&app.api_key).send().await.expect("POST") };
+    assert_problem(complete().await, 409, "upload_incomplete").await;
+    assert_eq!(app.put_bytes(&created, png(b"c")).await.status(), 200);
+    let res = complete().await;
+    assert_eq!(res.status(), 200);
+    let f: Value = res.json().await.expect("JSON");
+    assert_eq!(f["file_id"], id.as_str());
+    assert_ne!(f["status"], "pending");
+    // Harmless: it starts nothing twice.
+    app.wait_for_status(&id, &["promoted"]).await;
+    assert_eq!(complete().await.status(), 200);
+    let types = app.event_types(&id).await;
+    assert_eq!(types.iter().filter(|t| *t == "file.uploaded").count(), 1, "{types:?}");
 }
