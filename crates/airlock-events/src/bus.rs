@@ -54,6 +54,12 @@ pub(crate) struct Inner {
     pub(crate) wake: watch::Sender<u64>,
     subs: Mutex<(i64, Arc<Vec<ActiveSub>>)>,
     pub(crate) options: BusOptions,
+    /// Per-subscription wake-ups of this process's consumers: a commit wakes only the
+    /// subscriptions it gave deliveries to (waking every consumer on every commit would make
+    /// each of them take the write lock for nothing).
+    pub(crate) wakers: Mutex<std::collections::HashMap<String, Arc<tokio::sync::Notify>>>,
+    /// Wakes the timer loop after a commit that scheduled a timer.
+    pub(crate) timer_wake: tokio::sync::Notify,
     /// SQLite has one writer: queueing writers here, in order, is far cheaper than letting
     /// them collide on the file lock (whose busy handler sleeps). Other processes still queue
     /// on the busy timeout.
@@ -83,7 +89,18 @@ impl Bus {
     /// A bus validating against another catalog (tests and tools; the binary uses the builtin).
     pub fn with_catalog(pool: SqlitePool, options: BusOptions, catalog: &'static Catalog) -> Bus {
         let (wake, _) = watch::channel(0);
-        Bus { inner: Arc::new(Inner { pool, catalog, wake, subs: Mutex::new((-1, Arc::new(Vec::new()))), options, write: Arc::default() }) }
+        Bus {
+            inner: Arc::new(Inner {
+                pool,
+                catalog,
+                wake,
+                subs: Mutex::new((-1, Arc::new(Vec::new()))),
+                options,
+                write: Arc::default(),
+                wakers: Mutex::default(),
+                timer_wake: tokio::sync::Notify::new(),
+            }),
+        }
     }
 
     /// Opens the database at `url`, applies the substrate's migrations and returns the bus.
@@ -112,7 +129,7 @@ impl Bus {
     pub async fn begin(&self) -> Result<Tx, EventError> {
         let guard = self.inner.write.clone().lock_owned().await;
         let tx = self.inner.pool.begin_with("BEGIN IMMEDIATE").await?;
-        Ok(Tx { tx, _write: guard, bus: self.clone(), wakes: false })
+        Ok(Tx { tx, _write: guard, bus: self.clone(), wakes: false, woken: Vec::new(), timers: false })
     }
 
     /// Runs one write statement in a transaction of its own.
@@ -135,6 +152,15 @@ impl Bus {
 
     pub(crate) fn wake(&self) {
         self.inner.wake.send_modify(|g| *g = g.wrapping_add(1));
+    }
+
+    /// Wakes this process's consumers of the named subscriptions (all of them for `None`).
+    pub(crate) fn wake_subscriptions(&self, names: Option<&[String]>) {
+        let Ok(wakers) = self.inner.wakers.lock() else { return };
+        match names {
+            Some(names) => names.iter().filter_map(|n| wakers.get(n)).for_each(|w| w.notify_one()),
+            None => wakers.values().for_each(|w| w.notify_one()),
+        }
     }
 
     /// Creates or updates a subscription. A newly created subscription with `start_from`
@@ -326,7 +352,7 @@ impl Bus {
                 .bind(now_ms()),
             )
             .await?;
-        self.wake();
+        self.wake_subscriptions(None);
         Ok(n > 0)
     }
 
@@ -342,7 +368,7 @@ impl Bus {
                     .bind(now_ms()),
             )
             .await?;
-        self.wake();
+        self.wake_subscriptions(None);
         Ok(n)
     }
 
@@ -390,6 +416,12 @@ impl Bus {
     /// Database failures.
     pub async fn fire_due_timers(&self, max: i64) -> Result<usize, EventError> {
         let now = now_ms();
+        // A read first: most wake-ups find nothing due, and need not take the write lock.
+        let due: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM timers WHERE fire_at <= $1 LIMIT 1").bind(now).fetch_optional(&self.inner.pool).await?;
+        if due.is_none() {
+            return Ok(0);
+        }
         let mut tx = self.begin().await?;
         let rows =
             sqlx::query("DELETE FROM timers WHERE id IN (SELECT id FROM timers WHERE fire_at <= $1 ORDER BY fire_at LIMIT $2) RETURNING event")
@@ -589,6 +621,10 @@ pub struct Tx {
     _write: tokio::sync::OwnedMutexGuard<()>,
     bus: Bus,
     wakes: bool,
+    /// Subscriptions given deliveries by this transaction, to wake after the commit.
+    woken: Vec<String>,
+    /// Whether a timer was scheduled.
+    timers: bool,
 }
 
 impl Tx {
@@ -649,6 +685,9 @@ impl Tx {
         for ev in events {
             for s in subs.iter().filter(|s| matches(&s.patterns, &s.filter, ev)) {
                 deliveries.push(json!([s.name, ev.event_id.to_string(), s.ordered.then_some(&ev.subject)]));
+                if !self.woken.contains(&s.name) {
+                    self.woken.push(s.name.clone());
+                }
             }
         }
         self.insert_deliveries(deliveries).await?;
@@ -706,6 +745,9 @@ impl Tx {
                 }
             }
             total += self.insert_deliveries(deliveries).await?;
+            if !self.woken.iter().any(|w| w == subscription) {
+                self.woken.push(subscription.to_owned());
+            }
         }
         Ok(total)
     }
@@ -723,7 +765,7 @@ impl Tx {
             .bind(serde_json::to_string(event)?)
             .execute(&mut *self.tx)
             .await?;
-        self.wakes = true;
+        self.timers = true;
         Ok(())
     }
 
@@ -744,6 +786,12 @@ impl Tx {
         self.tx.commit().await?;
         if self.wakes {
             self.bus.wake();
+        }
+        if !self.woken.is_empty() {
+            self.bus.wake_subscriptions(Some(&self.woken));
+        }
+        if self.timers {
+            self.bus.inner.timer_wake.notify_one();
         }
         Ok(())
     }

@@ -135,7 +135,7 @@ struct Consumer {
     handler: Arc<dyn Handler>,
     /// Signalled when a delivery finishes: frees a slot, and may unblock the next event of
     /// an ordering key.
-    done: Notify,
+    done: Arc<Notify>,
     /// Deliveries whose handler opened no transaction, to be completed in one transaction per
     /// batch (group commit).
     finished: tokio::sync::mpsc::UnboundedSender<Finished>,
@@ -154,9 +154,12 @@ impl Bus {
     ) -> Result<tokio::task::JoinHandle<()>, EventError> {
         self.register(&spec).await?;
         let (finished, rx) = tokio::sync::mpsc::unbounded_channel();
-        let consumer = Arc::new(Consumer { name: Arc::from(spec.name.as_str()), spec, handler, done: Notify::new(), finished });
+        let done = Arc::new(Notify::new());
+        let consumer = Arc::new(Consumer { name: Arc::from(spec.name.as_str()), spec, handler, done: done.clone(), finished });
         let bus = self.clone();
-        let completer = tokio::spawn(bus.clone().complete_batches(consumer.clone(), rx));
+        // The completer must not hold the sender (it lives in `Consumer`): it ends when the
+        // consumer and its in-flight deliveries are gone and the channel closes.
+        let completer = tokio::spawn(bus.clone().complete_batches(consumer.name.clone(), done, rx));
         Ok(tokio::spawn(async move {
             bus.consume(consumer, shutdown).await;
             let _ = completer.await;
@@ -166,7 +169,7 @@ impl Bus {
     /// Records finished deliveries as processed and done, many per transaction. If a batch
     /// fails, its deliveries stay leased and are redelivered when the lease runs out (and then
     /// recognised as unprocessed: nothing was recorded).
-    async fn complete_batches(self, c: Arc<Consumer>, mut rx: tokio::sync::mpsc::UnboundedReceiver<Finished>) {
+    async fn complete_batches(self, name: Arc<str>, done: Arc<Notify>, mut rx: tokio::sync::mpsc::UnboundedReceiver<Finished>) {
         let mut batch = Vec::new();
         while rx.recv_many(&mut batch, 512).await > 0 {
             let ids: Vec<i64> = batch.iter().map(|f| f.id).collect();
@@ -175,7 +178,7 @@ impl Bus {
                 let mut tx = self.begin().await?;
                 let now = now_ms();
                 sqlx::query("INSERT INTO processed (subscription, event_id, processed_at) SELECT $1, value, $2 FROM json_each($3) WHERE true ON CONFLICT DO NOTHING")
-                    .bind(&*c.name)
+                    .bind(&*name)
                     .bind(now)
                     .bind(serde_json::to_string(&events)?)
                     .execute(tx.conn())
@@ -189,10 +192,10 @@ impl Bus {
             }
             .await;
             if let Err(e) = r {
-                tracing::warn!(subscription = %c.name, error = %e, count = ids.len(), "Recording finished deliveries failed; they will be redelivered.");
+                tracing::warn!(subscription = %name, error = %e, count = ids.len(), "Recording finished deliveries failed; they will be redelivered.");
             }
             batch.clear();
-            c.done.notify_one();
+            done.notify_one();
         }
     }
 
@@ -200,9 +203,7 @@ impl Bus {
     pub fn spawn_timers(&self, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
         let bus = self.clone();
         tokio::spawn(async move {
-            let mut wake = bus.inner.wake.subscribe();
             loop {
-                wake.borrow_and_update();
                 let wait = match bus.fire_due_timers(500).await {
                     Ok(500) => continue,
                     Ok(_) => bus.next_timer_in(bus.inner.options.poll_interval).await,
@@ -213,7 +214,7 @@ impl Bus {
                 };
                 tokio::select! {
                     () = shutdown.cancelled() => break,
-                    _ = wake.changed() => {}
+                    () = bus.inner.timer_wake.notified() => {}
                     () = tokio::time::sleep(wait) => {}
                 }
             }
@@ -222,7 +223,9 @@ impl Bus {
 
     async fn consume(self, c: Arc<Consumer>, shutdown: CancellationToken) {
         let slots = Arc::new(Semaphore::new(c.spec.concurrency.max(1)));
-        let mut wake = self.inner.wake.subscribe();
+        if let Ok(mut wakers) = self.inner.wakers.lock() {
+            wakers.insert(c.name.to_string(), c.done.clone());
+        }
         let mut tasks = JoinSet::new();
         let batch = self.inner.options.claim_batch.max(1);
         tracing::debug!(subscription = %c.name, "Consumer started.");
@@ -234,7 +237,6 @@ impl Bus {
             // Claim when at least half the slots are free (or all are): one claim per several
             // deliveries instead of one per completion.
             if free > 0 && (free * 2 >= concurrency || free == slots.available_permits() && tasks.is_empty()) {
-                wake.borrow_and_update();
                 match self.claim(&c, free).await {
                     Ok(claimed) => {
                         let got = claimed.len();
@@ -264,21 +266,30 @@ impl Bus {
             }
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                _ = wake.changed() => {}
                 () = c.done.notified() => {}
                 () = tokio::time::sleep(wait) => {}
             }
         }
         while tasks.join_next().await.is_some() {}
+        if let Ok(mut wakers) = self.inner.wakers.lock()
+            && wakers.get(&*c.name).is_some_and(|w| Arc::ptr_eq(w, &c.done))
+        {
+            wakers.remove(&*c.name);
+        }
         tracing::debug!(subscription = %c.name, "Consumer stopped.");
     }
 
+    /// When something may next become claimable without a wake-up: a retry falling due or a
+    /// lease running out. Deliveries already due but not claimed (held back by an earlier one
+    /// of their key) are unblocked by one of those, or by a completion's wake-up — counting
+    /// them would make the loop spin.
     async fn next_due_in(&self, subscription: &str, cap: Duration) -> Duration {
         let next: Option<i64> = sqlx::query_scalar(
-            "SELECT MIN(CASE state WHEN 'pending' THEN available_at ELSE lease_until END) FROM deliveries
-             WHERE subscription = $1 AND state IN ('pending', 'leased')",
+            "SELECT MIN(CASE WHEN state = 'pending' AND available_at > $2 THEN available_at WHEN state = 'leased' THEN lease_until END)
+             FROM deliveries WHERE subscription = $1 AND state IN ('pending', 'leased')",
         )
         .bind(subscription)
+        .bind(now_ms())
         .fetch_one(self.pool())
         .await
         .unwrap_or(None);
@@ -305,6 +316,18 @@ impl Bus {
                          AND p.ordering_key = d.ordering_key AND p.id < d.id AND p.state IN ('pending', 'leased'))
                      ORDER BY d.id LIMIT $4))
              RETURNING id, attempts";
+        // A read first (no lock): a wake-up or poll that finds nothing claimable must not take
+        // the write lock.
+        let any: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM deliveries WHERE subscription = $1 AND ((state = 'pending' AND available_at <= $2) OR (state = 'leased' AND lease_until < $2)) LIMIT 1",
+        )
+        .bind(&*c.name)
+        .bind(now)
+        .fetch_optional(self.pool())
+        .await?;
+        if any.is_none() {
+            return Ok(Vec::new());
+        }
         let mut tx = self.begin().await?;
         let rows = sqlx::query(if c.spec.ordered { ORDERED } else { UNORDERED })
             .bind(lease_until)

@@ -69,51 +69,60 @@ async fn main() -> anyhow::Result<()> {
     let supervisor = airlock::webhooks::spawn_supervisor(app.clone(), shutdown.clone());
     tokio::time::sleep(Duration::from_millis(1500)).await; // the supervisor starts the workers
 
-    let start = Instant::now();
     let ctx = EventContext::root("bench", "bench", None);
-    let all: Vec<_> = (0..events)
-        .map(|i| {
-            let id = uuid::Uuid::now_v7();
-            ctx.event(
-                "file.promoted",
-                1,
-                id.to_string(),
-                json!({"file_id": id, "user_id": null, "kind": "bench", "mime": "image/png", "bytes": i, "sha256": "0".repeat(64),
-                       "path": "files/x", "scan": {"engine": "none", "result": "skipped", "signature": null}, "at": "2026-11-23T00:00:00Z"}),
-            )
-        })
-        .collect();
-    for chunk in all.chunks(50) {
-        let mut batch = chunk.to_vec();
-        let now = airlock_events::envelope::now_utc();
-        for e in &mut batch {
-            e.created_at = now;
+    let make = |i: usize| {
+        let id = uuid::Uuid::now_v7();
+        ctx.event(
+            "file.promoted",
+            1,
+            id.to_string(),
+            json!({"file_id": id, "user_id": null, "kind": "bench", "mime": "image/png", "bytes": i, "sha256": "0".repeat(64),
+                   "path": "files/x", "scan": {"engine": "none", "result": "skipped", "signature": null}, "at": "2026-11-23T00:00:00Z"}),
+        )
+    };
+    let wait_for = async |expected: usize| {
+        let start = Instant::now();
+        while delays.lock().map(|d| d.len()).unwrap_or(0) < expected && start.elapsed() < Duration::from_secs(600) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    };
+    let report = |label: &str, elapsed: Duration| {
+        let mut d = delays.lock().map(|mut d| std::mem::take(&mut *d)).unwrap_or_default();
+        d.sort();
+        let pct = |p: f64| d.get(((d.len().saturating_sub(1)) as f64 * p) as usize).copied().unwrap_or_default();
+        println!(
+            "{label}: {} deliveries in {elapsed:.2?} = {:.0} deliveries/s; commit->delivery p50 {:.1?}, p99 {:.1?}, max {:.1?}",
+            d.len(),
+            d.len() as f64 / elapsed.as_secs_f64(),
+            pct(0.5),
+            pct(0.99),
+            d.last().copied().unwrap_or_default()
+        );
+    };
+
+    // 1. Throughput: a backlog of `events` x 10 deliveries, published as fast as possible.
+    let start = Instant::now();
+    for chunk in (0..events).collect::<Vec<_>>().chunks(100) {
+        let batch: Vec<_> = chunk.iter().map(|&i| make(i)).collect();
         let mut tx = app.bus.begin().await?;
         tx.publish_all(&batch).await?;
         tx.commit().await?;
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let expected = events * receivers;
-    loop {
-        let n = delays.lock().map(|d| d.len()).unwrap_or(0);
-        if n >= expected || start.elapsed() > Duration::from_secs(600) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    wait_for(events * receivers).await;
+    report(&format!("fan-out throughput ({events} events x {receivers} receivers, backlog)"), start.elapsed());
+
+    // 2. Delay at a steady 50 events/s (500 deliveries/s), one event per transaction.
+    let steady = 500;
+    let start = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    for i in 0..steady {
+        tick.tick().await;
+        let mut tx = app.bus.begin().await?;
+        tx.publish(make(i)).await?;
+        tx.commit().await?;
     }
-    let elapsed = start.elapsed();
-    let mut d = delays.lock().map(|d| d.clone()).unwrap_or_default();
-    d.sort();
-    let pct = |p: f64| d.get(((d.len().saturating_sub(1)) as f64 * p) as usize).copied().unwrap_or_default();
-    println!(
-        "webhook fan-out: {} deliveries ({events} events x {receivers} receivers) in {elapsed:.2?} = {:.0} deliveries/s; commit->delivery p50 {:.1?}, p99 {:.1?}, max {:.1?}",
-        d.len(),
-        d.len() as f64 / elapsed.as_secs_f64(),
-        pct(0.5),
-        pct(0.99),
-        d.last().copied().unwrap_or_default()
-    );
+    wait_for(steady * receivers).await;
+    report(&format!("steady 50 events/s x {receivers} receivers"), start.elapsed());
     shutdown.cancel();
     let _ = supervisor.await;
     Ok(())

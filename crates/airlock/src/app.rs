@@ -23,6 +23,9 @@ pub struct AppState {
     pub limiter: crate::limits::RateLimiter,
     /// Concurrent streaming uploads per tenant.
     pub uploads: Arc<crate::limits::UploadSlots>,
+    /// Cancelled when the service stops: ends long-lived responses (event streams) so a
+    /// graceful shutdown does not wait for clients that never hang up.
+    pub stopping: CancellationToken,
     /// SHA-256 (hex) of `AIRLOCK_BOOTSTRAP_API_KEY`, accepted as tenant `default`.
     pub bootstrap_key_hash: Option<String>,
 }
@@ -79,6 +82,7 @@ pub async fn open(settings: Settings) -> anyhow::Result<App> {
         signer: UrlSigner::new(secret.as_bytes()),
         limiter: crate::limits::RateLimiter::new(settings.rate_limit),
         uploads: crate::limits::UploadSlots::new(settings.max_concurrent_uploads),
+        stopping: CancellationToken::new(),
         settings,
         bus,
         blobs,
@@ -92,6 +96,12 @@ pub async fn open(settings: Settings) -> anyhow::Result<App> {
 /// # Errors
 /// Server failures.
 pub async fn run(app: App, listener: Option<TcpListener>, role: Role, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let stopping = app.stopping.clone();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        signal.cancelled().await;
+        stopping.cancel();
+    });
     let mut workers = Vec::new();
     if role != Role::Api {
         workers = crate::pipeline::start(&app, shutdown.clone()).await?;

@@ -94,7 +94,16 @@ impl Blobs {
     {
         let upload = self.store.put_multipart(&Path::from(key)).await?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, CHUNK);
-        let mut hasher = Sha256::new();
+        // SHA-256 runs on its own thread, beside the writes: hashing on the receiving task
+        // would serialise the two and halve throughput on large uploads.
+        let (to_hasher, mut chunks) = tokio::sync::mpsc::channel::<Bytes>(64);
+        let hasher = tokio::task::spawn_blocking(move || {
+            let mut h = Sha256::new();
+            while let Some(c) = chunks.blocking_recv() {
+                h.update(&c);
+            }
+            hex::encode(h.finalize())
+        });
         let mut total: u64 = 0;
         let mut body = body;
         let outcome: Result<(), WriteError> = async {
@@ -105,17 +114,19 @@ impl Blobs {
                 if total > limit {
                     return Err(WriteError::TooLarge { limit });
                 }
-                hasher.update(&chunk);
+                to_hasher.send(chunk.clone()).await.map_err(|_| WriteError::Body("the hasher stopped".into()))?;
                 writer.wait_for_capacity(IN_FLIGHT).await?;
                 writer.put(chunk);
             }
             Ok(())
         }
         .await;
+        drop(to_hasher);
         match outcome {
             Ok(()) => {
                 writer.finish().await?;
-                Ok(Written { bytes: total, sha256: hex::encode(hasher.finalize()) })
+                let sha256 = hasher.await.map_err(|e| WriteError::Body(format!("hashing failed: {e}")))?;
+                Ok(Written { bytes: total, sha256 })
             }
             Err(e) => {
                 if let Err(abort) = writer.abort().await {

@@ -81,10 +81,74 @@ pub fn check(bytes: &[u8], mime: &str, limits: &ImageLimits) -> Result<(u32, u32
         }
         return Ok((w, h));
     }
+    if format == image::ImageFormat::Jpeg {
+        // The JPEG decoder pads a truncated scan with grey instead of failing.
+        jpeg_scans_only(bytes).map_err(|e| (QuarantineReason::Corrupt, format!("{mime}: {e}")))?;
+    }
     let mut reader = image::ImageReader::with_format(Cursor::new(bytes), format);
     reader.limits(l);
     reader.decode().map_err(|e| corrupt(&e))?;
     Ok((w, h))
+}
+
+/// Where the first scan (SOS) of a JPEG starts, walking the marker segments before it.
+fn first_scan(b: &[u8]) -> Option<usize> {
+    let mut pos = 2;
+    while pos + 4 <= b.len() {
+        if b[pos] != 0xFF {
+            return None;
+        }
+        let marker = b[pos + 1];
+        if marker == 0xFF {
+            pos += 1;
+            continue;
+        }
+        if marker == 0xDA {
+            return Some(pos);
+        }
+        let len = usize::from(u16::from_be_bytes([b[pos + 2], b[pos + 3]]));
+        pos += 2 + len;
+    }
+    None
+}
+
+/// Rewrites a JPEG from its first scan on: keeps scans and the tables between them, drops
+/// APPn and comment segments hidden between progressive scans, and cuts everything after the
+/// end-of-image marker (trailers such as "motion photo" videos or appended data).
+///
+/// # Errors
+/// No scan or no end-of-image marker: a truncated file.
+fn jpeg_scans_only(b: &[u8]) -> Result<Bytes, String> {
+    let start = first_scan(b).ok_or("no image data (SOS) found")?;
+    let mut out = b[..start].to_vec();
+    let mut pos = start;
+    while pos + 1 < b.len() {
+        if b[pos] != 0xFF {
+            out.push(b[pos]);
+            pos += 1;
+            continue;
+        }
+        match b[pos + 1] {
+            // Stuffed 0xFF, restart markers and fill bytes belong to the entropy-coded data.
+            0x00 | 0xD0..=0xD7 | 0xFF => {
+                out.push(b[pos]);
+                pos += 1;
+            }
+            0xD9 => {
+                out.extend_from_slice(&[0xFF, 0xD9]);
+                return Ok(Bytes::from(out));
+            }
+            marker => {
+                let len = b.get(pos + 2..pos + 4).map(|l| usize::from(u16::from_be_bytes([l[0], l[1]]))).ok_or("truncated segment")?;
+                let end = (pos + 2 + len).min(b.len());
+                if !matches!(marker, 0xE0..=0xEF | 0xFE) {
+                    out.extend_from_slice(&b[pos..end]);
+                }
+                pos = end;
+            }
+        }
+    }
+    Err("no end-of-image marker: the JPEG is truncated".into())
 }
 
 /// EXIF orientation (1–8) from raw TIFF EXIF bytes.
@@ -124,7 +188,7 @@ pub fn strip(bytes: Bytes, mime: &str) -> Result<Bytes, String> {
             if let Some(o) = o {
                 j.set_exif(Some(orientation_only(o)));
             }
-            Ok(j.encoder().bytes())
+            jpeg_scans_only(&j.encoder().bytes())
         }
         "image/png" => {
             let mut p = Png::from_bytes(bytes).map_err(|e| e.to_string())?;
@@ -139,8 +203,17 @@ pub fn strip(bytes: Bytes, mime: &str) -> Result<Bytes, String> {
             let mut w = WebP::from_bytes(bytes).map_err(|e| e.to_string())?;
             let o = w.exif().as_deref().and_then(orientation);
             w.remove_chunks_by_id(*b"XMP ");
-            // Re-setting EXIF also recomputes the VP8X flags.
+            // Re-setting EXIF recomputes the VP8X ICC/EXIF flags, not the XMP one: clear it.
             w.set_exif(o.map(orientation_only));
+            for c in w.chunks_mut().iter_mut().filter(|c| c.id() == *b"VP8X") {
+                if let Some(data) = c.content().data()
+                    && !data.is_empty()
+                {
+                    let mut d = data.to_vec();
+                    d[0] &= !0x04;
+                    *c = img_parts::riff::RiffChunk::new(*b"VP8X", img_parts::riff::RiffContent::Data(Bytes::from(d)));
+                }
+            }
             Ok(w.encoder().bytes())
         }
         _ => Ok(bytes),

@@ -64,6 +64,9 @@ impl Webhook {
     }
 }
 
+/// Deliveries in flight at once per webhook.
+const WEBHOOK_CONCURRENCY: usize = 16;
+
 pub fn subscription_name(id: &str) -> String {
     format!("webhook:{id}")
 }
@@ -166,7 +169,7 @@ pub fn spec(w: &Webhook, retry: RetryPolicy, start_from: Option<time::OffsetDate
     s.filter = filter;
     s.retry = retry;
     s.start_from = start_from;
-    s.concurrency = 4;
+    s.concurrency = WEBHOOK_CONCURRENCY;
     s.lease = Duration::from_millis(w.timeout_ms as u64 * 3 + 5000);
     s
 }
@@ -176,6 +179,24 @@ struct Deliver {
     app: App,
     client: reqwest::Client,
     webhook_id: String,
+    /// The webhook's row, re-read at most once a second (URL, secrets and disabled state may
+    /// change under a running worker; reading it per delivery would cost a query each).
+    cached: tokio::sync::Mutex<Option<(std::time::Instant, Option<Webhook>)>>,
+}
+
+impl Deliver {
+    async fn webhook(&self) -> Result<Option<Webhook>, sqlx::Error> {
+        let mut cached = self.cached.lock().await;
+        if let Some((at, w)) = cached.as_ref()
+            && at.elapsed() < Duration::from_secs(1)
+        {
+            return Ok(w.clone());
+        }
+        let row = sqlx::query("SELECT * FROM webhooks WHERE id = $1").bind(&self.webhook_id).fetch_optional(self.app.bus.pool()).await?;
+        let w = row.as_ref().map(Webhook::from_row).transpose()?;
+        *cached = Some((std::time::Instant::now(), w.clone()));
+        Ok(w)
+    }
 }
 
 fn retry_after(h: &reqwest::header::HeaderMap) -> Option<Duration> {
@@ -191,8 +212,7 @@ fn retry_after(h: &reqwest::header::HeaderMap) -> Option<Duration> {
 impl Handler for Deliver {
     fn handle<'a>(&'a self, ev: &'a Envelope, _cx: &'a mut HandlerCtx) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
-            let row = sqlx::query("SELECT * FROM webhooks WHERE id = $1").bind(&self.webhook_id).fetch_optional(self.app.bus.pool()).await?;
-            let Some(w) = row.as_ref().map(Webhook::from_row).transpose()? else {
+            let Some(w) = self.webhook().await? else {
                 return Err(HandlerError::permanent("webhook deleted"));
             };
             if w.disabled_at.is_some() {
@@ -300,17 +320,20 @@ pub fn spawn_supervisor(app: App, shutdown: CancellationToken) -> tokio::task::J
                             continue;
                         }
                         let stop = shutdown.child_token();
-                        let handler = Arc::new(Deliver { app: app.clone(), client: client.clone(), webhook_id: id.clone() });
+                        let handler =
+                            Arc::new(Deliver { app: app.clone(), client: client.clone(), webhook_id: id.clone(), cached: Default::default() });
                         // Registration keeps the stored policy; it is set when the webhook is created.
                         match app.bus.subscription(&w.subscription()).await {
-                            Ok(Some(spec)) => match app.bus.spawn_consumer(spec, handler, stop.clone()).await {
-                                Ok(task) => {
-                                    running.insert(id, (stop, task));
+                            Ok(Some(mut spec)) => {
+                                // Concurrency belongs to this worker; it is not stored with the subscription.
+                                spec.concurrency = WEBHOOK_CONCURRENCY;
+                                match app.bus.spawn_consumer(spec, handler, stop.clone()).await {
+                                    Ok(task) => {
+                                        running.insert(id, (stop, task));
+                                    }
+                                    Err(e) => tracing::warn!(webhook = %id, error = %e, "Starting a webhook worker failed."),
                                 }
-                                Err(e) => {
-                                    tracing::warn!(webhook = %id, error = %e, "Starting a webhook worker failed.")
-                                }
-                            },
+                            }
                             Ok(None) => {}
                             Err(e) => {
                                 tracing::warn!(webhook = %id, error = %e, "Loading a webhook subscription failed.")

@@ -227,6 +227,7 @@ pub async fn file_event_stream(
             tokio::select! {
                 _ = s.commits.changed() => {}
                 () = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+                () = s.app.stopping.cancelled() => return None,
             }
         }
     });

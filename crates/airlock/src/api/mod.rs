@@ -68,6 +68,11 @@ async fn context(mut req: Request, next: Next) -> Response {
     if let Ok(v) = HeaderValue::from_str(&correlation_id) {
         res.headers_mut().insert("x-correlation-id", v);
     }
+    // Refused before the body was read to its end: the rest of it would be taken for the next
+    // request on this connection, so the connection ends here, and the client is told.
+    if matches!(res.status().as_u16(), 408 | 413) {
+        res.headers_mut().insert(axum::http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
     res
 }
 

@@ -31,13 +31,16 @@ pub async fn readyz(State(app): State<App>) -> (StatusCode, axum::Json<Value>) {
         Err(e) => json!({"status": "down", "error": e.to_string()}),
     };
     let bus = json!({"status": db["status"], "backend": "embedded"});
-    let scanner = match &app.settings.clamd {
+    let scanner = match &app.scanner {
         None => json!({"status": "not_configured"}),
-        Some(_) => {
-            json!({"status": "unknown", "detail": "scanner support arrives with the security layer"})
-        }
+        Some(s) => match s.ping().await {
+            Ok(()) => json!({"status": "ok", "engine": "clamav"}),
+            Err(e) => json!({"status": "down", "engine": "clamav", "error": e.to_string()}),
+        },
     };
-    let ready = db["status"] == "ok" && storage["status"] == "ok";
+    // A configured scanner that is down makes the service not ready: files of kinds that scan
+    // would wait for it (and end in scan_failed where a scan is required).
+    let ready = db["status"] == "ok" && storage["status"] == "ok" && scanner["status"] != "down";
     let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (
         code,

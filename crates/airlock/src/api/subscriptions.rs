@@ -191,7 +191,8 @@ pub async fn dead_letters(State(app): State<App>, Tenant(tenant): Tenant, Path(i
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplayBody {
-    /// RFC 3339 time: matching events published since then that were not delivered yet.
+    /// RFC 3339 time: matching events published since then that this subscription was never
+    /// given. Events it was given and that failed are dead letters: redrive those instead.
     pub since: String,
 }
 

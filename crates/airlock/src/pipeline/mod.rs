@@ -32,18 +32,21 @@ pub fn validation_timer(file_id: Uuid) -> String {
     format!("processing.timeout:validation:{file_id}")
 }
 
+/// A pipeline subscriber: name, event types, concurrency, handler.
+type Subscriber = (&'static str, &'static [&'static str], usize, Arc<dyn Handler>);
+
 /// Starts every pipeline subscriber; returns their tasks.
 ///
 /// # Errors
 /// Subscription registration failures.
 pub async fn start(app: &App, shutdown: CancellationToken) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
-    let subs: Vec<(&str, &[&str], usize, Arc<dyn Handler>)> = vec![
+    let subs: Vec<Subscriber> = vec![
         ("pipeline.validate-start", &["file.uploaded.v1"], 4, Arc::new(validate::Start(app.clone()))),
         ("pipeline.validate", &["validation.started.v1"], 4, Arc::new(validate::Validate(app.clone()))),
         ("pipeline.timeout", &["processing.timeout.v1"], 2, Arc::new(validate::Timeout(app.clone()))),
         ("pipeline.promote", &["validation.passed.v1"], 4, Arc::new(promote::Promote(app.clone()))),
         ("pipeline.quarantine", &["validation.failed.v1"], 2, Arc::new(quarantine::Quarantine(app.clone()))),
-        ("pipeline.cleanup", &["upload.expired.v1", "file.deleted.v1"], 2, Arc::new(cleanup::Cleanup(app.clone()))),
+        ("pipeline.cleanup", &["upload.expired.v1", "file.deleted.v1", "resource.ready.v1"], 2, Arc::new(cleanup::Cleanup(app.clone()))),
     ];
     let mut tasks = Vec::new();
     for (name, patterns, concurrency, handler) in subs {

@@ -26,29 +26,11 @@ impl Handler for Promote {
             };
             let to = original_key(&file.tenant, file.id);
             let detected = ev.payload_str("detected_type").unwrap_or("application/octet-stream").to_owned();
-            let strip = app.settings.kinds.get(&file.kind).is_some_and(|k| k.strip_metadata)
-                && matches!(detected.as_str(), "image/jpeg" | "image/png" | "image/webp");
-            let (mut bytes, mut sha256) = (file.bytes, file.sha256.clone());
-            if strip {
-                // The promoted bytes are the stripped ones; quarantine keeps the original until
-                // the commit, so a retry starts from it again.
-                match app.blobs.read_all(from, 64 << 20).await {
-                    Ok(Some(original)) => {
-                        let mime = detected.clone();
-                        let stripped = tokio::task::spawn_blocking(move || crate::images::strip(original, &mime))
-                            .await
-                            .map_err(|e| HandlerError::retryable(format!("strip: {e}")))?
-                            .map_err(|e| HandlerError::permanent(format!("metadata stripping failed: {e}")))?;
-                        bytes = Some(stripped.len() as i64);
-                        sha256 = Some(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&stripped)));
-                        app.blobs.put(&to, stripped).await.map_err(storage_error)?;
-                    }
-                    Ok(None) => return Err(HandlerError::permanent("image too large to strip")),
-                    Err(e) => return Err(storage_error(e)),
-                }
-            } else {
-                app.blobs.rename(from, &to).await.map_err(storage_error)?;
-            }
+            // Validation may have made a cleaned copy (metadata stripped): that is what is served.
+            let source = ev.payload_str("source_key").unwrap_or(from).to_owned();
+            let bytes = ev.payload.get("bytes").and_then(serde_json::Value::as_i64).or(file.bytes);
+            let sha256 = ev.payload_str("sha256").map(str::to_owned).or(file.sha256.clone());
+            app.blobs.rename(&source, &to).await.map_err(storage_error)?;
             let scan = ev.payload.get("scan").cloned().unwrap_or_else(|| json!({"engine": "none", "result": "skipped"}));
             let tx = cx.tx().await?;
             let changes = Changes {
@@ -76,11 +58,6 @@ impl Handler for Promote {
             );
             let ready = promoted.caused("resource.ready", 1, json!({"file_id": file.id, "kind": file.kind}));
             tx.publish_all(&[promoted, ready]).await?;
-            if strip {
-                // After the commit nothing needs the original; a failure here leaves an orphan
-                // that the file's deletion removes with its quarantine prefix.
-                let _ = app.blobs.delete(from).await;
-            }
             tracing::info!(file_id = %file.id, mime = %detected, "File promoted.");
             Ok(())
         })

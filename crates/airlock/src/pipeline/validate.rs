@@ -44,10 +44,18 @@ impl Handler for Start {
     }
 }
 
+/// A metadata-free copy of the file, made during validation, that promotion serves instead.
+#[derive(Debug, PartialEq)]
+pub struct Cleaned {
+    pub key: String,
+    pub bytes: i64,
+    pub sha256: String,
+}
+
 /// The outcome of checking a file against its kind.
 #[derive(Debug, PartialEq)]
 pub enum Decision {
-    Pass { detected: String, scan: Value },
+    Pass { detected: String, scan: Value, clean: Option<Cleaned> },
     Fail { reason: QuarantineReason, detail: String, detected: Option<String>, scan: Option<Value> },
 }
 
@@ -79,7 +87,7 @@ pub fn decide(file: &FileRecord, kind: &Kind, head: &[u8]) -> Decision {
     if !crate::sniff::extension_agrees(ext.as_deref(), &detected) {
         return fail(QuarantineReason::TypeMismatch, format!("the extension .{} does not fit {detected}", ext.unwrap_or_default()), Some(&detected));
     }
-    Decision::Pass { detected, scan: Value::Null }
+    Decision::Pass { detected, scan: Value::Null, clean: None }
 }
 
 /// Images larger than this are not decoded (they are refused as `too_large`).
@@ -107,6 +115,31 @@ async fn inspect(app: &App, file: &FileRecord, kind: &Kind, key: &str, detected:
             return Ok(fail(reason, detail, None));
         }
     }
+    let mut clean = None;
+    if kind.strip_metadata && matches!(detected.as_str(), "image/jpeg" | "image/png" | "image/webp") {
+        // Strip now, and check the result decodes: a file that cannot be cleaned is corrupt,
+        // and promotion only ever moves bytes that passed every check.
+        let Some(original) = app.blobs.read_all(key, IMAGE_MAX_BYTES).await.map_err(storage_error)? else {
+            return Ok(fail(QuarantineReason::TooLarge, format!("images over {IMAGE_MAX_BYTES} bytes are not decoded"), None));
+        };
+        let (limits, mime) = (kind.image_limits(), detected.clone());
+        let stripped = tokio::task::spawn_blocking(move || {
+            let out = crate::images::strip(original, &mime).map_err(|e| (QuarantineReason::Corrupt, format!("cannot remove metadata: {e}")))?;
+            crate::images::check(&out, &mime, &limits).map_err(|(r, d)| (r, format!("after removing metadata: {d}")))?;
+            Ok::<_, (QuarantineReason, String)>(out)
+        })
+        .await
+        .map_err(|e| HandlerError::retryable(format!("strip: {e}")))?;
+        let stripped = match stripped {
+            Ok(b) => b,
+            Err((reason, detail)) => return Ok(fail(reason, detail, None)),
+        };
+        let clean_key = format!("{key}.clean");
+        let cleaned =
+            Cleaned { key: clean_key.clone(), bytes: stripped.len() as i64, sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&stripped)) };
+        app.blobs.put(&clean_key, stripped).await.map_err(storage_error)?;
+        clean = Some(cleaned);
+    }
     let scan = match (&app.scanner, kind.scan) {
         (_, ScanPolicy::Off) => skipped("none", "scanning is off for this kind"),
         (None, _) => skipped("none", "no scanner is configured"),
@@ -133,7 +166,7 @@ async fn inspect(app: &App, file: &FileRecord, kind: &Kind, key: &str, detected:
             }
         }
     };
-    Ok(Decision::Pass { detected, scan })
+    Ok(Decision::Pass { detected, scan, clean })
 }
 
 pub struct Validate(pub App);
@@ -172,11 +205,15 @@ impl Handler for Validate {
                 return Ok(());
             }
             let next = match decision {
-                Decision::Pass { detected, scan } => ev.caused(
-                    "validation.passed",
-                    1,
-                    json!({"file_id": file.id, "kind": file.kind, "detected_type": detected, "bytes": file.bytes, "sha256": file.sha256, "scan": scan}),
-                ),
+                Decision::Pass { detected, scan, clean } => {
+                    let mut p = json!({"file_id": file.id, "kind": file.kind, "detected_type": detected, "bytes": file.bytes, "sha256": file.sha256, "scan": scan});
+                    if let Some(c) = clean {
+                        p["source_key"] = c.key.into();
+                        p["bytes"] = c.bytes.into();
+                        p["sha256"] = c.sha256.into();
+                    }
+                    ev.caused("validation.passed", 1, p)
+                }
                 Decision::Fail { reason, detail, detected, scan } => {
                     let mut p = json!({"file_id": file.id, "kind": file.kind, "reason": reason.code(), "detail": detail, "detected_type": detected});
                     if let Some(scan) = scan {

@@ -500,3 +500,10 @@ pub fn text() -> Vec<u8> {
 pub fn html() -> Vec<u8> {
     b"<!DOCTYPE html><html><body><script>alert(document.cookie)</script></body></html>".to_vec()
 }
+
+impl TestApp {
+    /// Whether the server process is still running (it has not exited or crashed).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}

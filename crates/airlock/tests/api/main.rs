@@ -2,10 +2,14 @@
 //! process on its own data directory and port, and talks to it over HTTP.
 
 mod config;
+mod corpus;
 mod crash;
 mod helpers;
 mod lifecycle;
 mod ops;
 mod quarantine;
+mod scanning;
 mod security;
+mod trace;
 mod uploads;
+mod webhooks;

@@ -78,9 +78,9 @@ async fn each_tenant_sees_only_its_own_files() {
         v["items"].as_array().expect("items").iter().map(|f| f["file_id"].as_str().unwrap_or_default().to_owned()).collect()
     };
     let mine: Value = app.list("", &app.api_key).await.json().await.expect("JSON");
-    assert_eq!(ids(mine), [ours.clone()]);
+    assert_eq!(ids(mine), std::slice::from_ref(&ours));
     let their_list: Value = app.list("", &other).await.json().await.expect("JSON");
-    assert_eq!(ids(their_list), [theirs.clone()]);
+    assert_eq!(ids(their_list), std::slice::from_ref(&theirs));
     assert_problem(app.get_file_response(&theirs).await, 404, "not_found").await;
 
     // Their file goes through the pipeline in their tenant, stored under their prefix.
