@@ -18,14 +18,6 @@ impl Handler for Cleanup {
             let Some(file) = file_of(app, ev).await? else {
                 return Ok(());
             };
-            if ev.event_type == "resource.ready" {
-                // Promoted: nothing in quarantine is needed any more (an original whose
-                // metadata was stripped must not linger).
-                if file.status == Status::Promoted {
-                    app.blobs.delete_prefix(&quarantine_prefix(&file.tenant, file.id)).await.map_err(storage_error)?;
-                }
-                return Ok(());
-            }
             let expired = ev.event_type == "upload.expired";
             if expired && file.status != Status::Pending {
                 return Ok(());

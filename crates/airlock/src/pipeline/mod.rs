@@ -2,8 +2,8 @@
 //! route only writes state and publishes; it never calls a validator or a promoter.
 //!
 //! ```text
-//! file.uploaded ──validate_start──▶ validation.started (+ processing.timeout timer)
-//! validation.started ──validate──▶ validation.passed | validation.failed
+//! file.uploaded ──validate──▶ validation.started (+ processing.timeout timer), committed first,
+//!                             then validation.passed | validation.failed
 //! processing.timeout ──timeout──▶ validation.failed (processing_timeout)
 //! validation.passed ──promote──▶ file.promoted ▶ resource.ready
 //! validation.failed ──quarantine──▶ file.quarantined ▶ resource.rejected
@@ -41,13 +41,19 @@ type Subscriber = (&'static str, &'static [&'static str], usize, Arc<dyn Handler
 /// Subscription registration failures.
 pub async fn start(app: &App, shutdown: CancellationToken) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     let subs: Vec<Subscriber> = vec![
-        ("pipeline.validate-start", &["file.uploaded.v1"], 4, Arc::new(validate::Start(app.clone()))),
-        ("pipeline.validate", &["validation.started.v1"], 4, Arc::new(validate::Validate(app.clone()))),
+        ("pipeline.validate", &["file.uploaded.v1"], 8, Arc::new(validate::Validate(app.clone()))),
         ("pipeline.timeout", &["processing.timeout.v1"], 2, Arc::new(validate::Timeout(app.clone()))),
         ("pipeline.promote", &["validation.passed.v1"], 4, Arc::new(promote::Promote(app.clone()))),
         ("pipeline.quarantine", &["validation.failed.v1"], 2, Arc::new(quarantine::Quarantine(app.clone()))),
-        ("pipeline.cleanup", &["upload.expired.v1", "file.deleted.v1", "resource.ready.v1"], 2, Arc::new(cleanup::Cleanup(app.clone()))),
+        ("pipeline.cleanup", &["upload.expired.v1", "file.deleted.v1"], 2, Arc::new(cleanup::Cleanup(app.clone()))),
     ];
+    // Subscriptions of earlier versions of the pipeline would keep collecting deliveries that
+    // no worker takes: remove them.
+    let stored: Vec<String> = sqlx::query_scalar("SELECT name FROM subscriptions WHERE name LIKE 'pipeline.%'").fetch_all(app.bus.pool()).await?;
+    for name in stored.iter().filter(|n| !subs.iter().any(|s| s.0 == n.as_str())) {
+        app.bus.remove(name).await?;
+        tracing::info!(subscription = %name, "Removed a retired pipeline subscription.");
+    }
     let mut tasks = Vec::new();
     for (name, patterns, concurrency, handler) in subs {
         let mut spec = SubscriptionSpec::new(name, patterns);

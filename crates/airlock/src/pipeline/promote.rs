@@ -31,6 +31,10 @@ impl Handler for Promote {
             let bytes = ev.payload.get("bytes").and_then(serde_json::Value::as_i64).or(file.bytes);
             let sha256 = ev.payload_str("sha256").map(str::to_owned).or(file.sha256.clone());
             app.blobs.rename(&source, &to).await.map_err(storage_error)?;
+            if source != *from {
+                // The cleaned copy is promoted: the original, with its metadata, must not stay.
+                app.blobs.delete(from).await.map_err(storage_error)?;
+            }
             let scan = ev.payload.get("scan").cloned().unwrap_or_else(|| json!({"engine": "none", "result": "skipped"}));
             let tx = cx.tx().await?;
             let changes = Changes {

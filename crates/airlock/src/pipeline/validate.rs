@@ -1,9 +1,9 @@
-//! Validation: `Start` moves an uploaded file to `validating` and arms the timeout; `Validate`
-//! sniffs the real type from the bytes and applies the kind's policy; `Timeout` fails a
-//! validation that took too long. Validate and Timeout race through the timer: whoever
+//! Validation: `Validate` first moves an uploaded file to `validating` and arms the timeout
+//! (committed on its own, before the work), then sniffs the real type from the bytes and
+//! applies the kind's policy; `Timeout` fails a validation that took too long. Validate and Timeout race through the timer: whoever
 //! removes it (cancel or fire) decides, the other does nothing.
 
-use airlock_events::{BoxFuture, Envelope, Handler, HandlerCtx, HandlerError};
+use airlock_events::{BoxFuture, Envelope, EventQuery, Handler, HandlerCtx, HandlerError};
 use serde_json::{Value, json};
 
 use super::{file_of, storage_error, validation_timer};
@@ -14,35 +14,6 @@ use crate::scanner::{ScanError, Verdict};
 
 /// How many leading bytes the sniffer reads.
 const SNIFF_BYTES: u64 = 8192;
-
-pub struct Start(pub App);
-
-impl Handler for Start {
-    fn handle<'a>(&'a self, ev: &'a Envelope, cx: &'a mut HandlerCtx) -> BoxFuture<'a, Result<(), HandlerError>> {
-        Box::pin(async move {
-            let Some(file) = file_of(&self.0, ev).await? else {
-                return Ok(());
-            };
-            if file.status != Status::Uploaded {
-                return Ok(());
-            }
-            let timeout_at = airlock_events::envelope::now_utc() + self.0.settings.validation_timeout;
-            let tx = cx.tx().await?;
-            if !files::transition(tx.conn(), file.id, Status::Validating, &Changes::default()).await? {
-                return Ok(());
-            }
-            let started = ev.caused(
-                "validation.started",
-                1,
-                json!({"file_id": file.id, "kind": file.kind, "timeout_at": airlock_events::envelope::format_rfc3339(timeout_at)}),
-            );
-            let timeout = started.caused("processing.timeout", 1, json!({"file_id": file.id, "stage": "validation"}));
-            tx.schedule(&validation_timer(file.id), timeout_at, &timeout).await?;
-            tx.publish(started).await?;
-            Ok(())
-        })
-    }
-}
 
 /// A metadata-free copy of the file, made during validation, that promotion serves instead.
 #[derive(Debug, PartialEq)]
@@ -178,9 +149,43 @@ impl Handler for Validate {
             let Some(file) = file_of(app, ev).await? else {
                 return Ok(());
             };
-            if file.status != Status::Validating {
-                return Ok(());
-            }
+            let started = match file.status {
+                Status::Uploaded => {
+                    // Committed before the work: the file is `validating` and its timeout armed,
+                    // whatever happens to this worker from here on.
+                    let timeout_at = airlock_events::envelope::now_utc() + app.settings.validation_timeout;
+                    let started = ev.caused(
+                        "validation.started",
+                        1,
+                        json!({"file_id": file.id, "kind": file.kind, "timeout_at": airlock_events::envelope::format_rfc3339(timeout_at)}),
+                    );
+                    let timeout = started.caused("processing.timeout", 1, json!({"file_id": file.id, "stage": "validation"}));
+                    let mut tx = app.bus.begin().await?;
+                    if !files::transition(tx.conn(), file.id, Status::Validating, &Changes::default()).await? {
+                        tx.rollback().await?;
+                        return Ok(());
+                    }
+                    tx.schedule(&validation_timer(file.id), timeout_at, &timeout).await?;
+                    tx.publish(started.clone()).await?;
+                    tx.commit().await?;
+                    started
+                }
+                Status::Validating => {
+                    // Redelivered after a crash mid-validation: carry on under the same start.
+                    let q = EventQuery {
+                        subject: Some(file.id.to_string()),
+                        event_type: Some("validation.started".into()),
+                        limit: 1,
+                        ..Default::default()
+                    };
+                    match app.bus.events(&q).await?.into_iter().next() {
+                        Some(e) => e.envelope,
+                        None => return Err(HandlerError::permanent("validating, but validation.started is missing")),
+                    }
+                }
+                _ => return Ok(()),
+            };
+            let ev = &started;
             let decision = match (app.settings.kinds.get(&file.kind), &file.quarantine_key) {
                 (Some(kind), Some(key)) => {
                     let head = app.blobs.read_head(key, SNIFF_BYTES).await.map_err(storage_error)?;

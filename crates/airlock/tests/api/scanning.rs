@@ -160,13 +160,13 @@ async fn when_clamd_is_down_a_kind_that_requires_scanning_quarantines_with_scan_
     // Retried with backoff (at least 0.25 s, then 0.5 s), not given up at once.
     assert!(started.elapsed() >= Duration::from_millis(750), "gave up after {:?}", started.elapsed());
     let events = app.events(&id).await;
-    let started_ev = events.iter().find(|e| e["event_type"] == "validation.started").expect("validation.started");
-    let validate = started_ev["deliveries"]
+    let uploaded_ev = events.iter().find(|e| e["event_type"] == "file.uploaded").expect("file.uploaded");
+    let validate = uploaded_ev["deliveries"]
         .as_array()
         .into_iter()
         .flatten()
         .find(|d| d["subscription"] == "pipeline.validate")
-        .unwrap_or_else(|| panic!("no pipeline.validate delivery: {started_ev}"));
+        .unwrap_or_else(|| panic!("no pipeline.validate delivery: {uploaded_ev}"));
     assert_eq!(validate["attempts"], 3, "{validate}");
     assert!(!events.iter().any(|e| e["event_type"] == "file.promoted"), "promoted unscanned");
     assert_problem(app.download_response(&id, &app.api_key).await, 409, "not_promoted").await;
