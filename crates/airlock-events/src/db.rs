@@ -35,7 +35,15 @@ pub async fn open_sqlite(url: &str) -> Result<SqlitePool, EventError> {
             std::fs::create_dir_all(parent).map_err(|e| EventError::Config(format!("creating {}: {e}", parent.display())))?;
         }
     }
-    let pool = SqlitePoolOptions::new().max_connections(8).min_connections(1).acquire_timeout(Duration::from_secs(60)).connect_with(opts).await?;
+    // No ping before each acquire: a local file does not drop connections, and the ping would
+    // add a round trip to the connection's thread to every query and transaction.
+    let pool = SqlitePoolOptions::new()
+        .max_connections(8)
+        .min_connections(1)
+        .test_before_acquire(false)
+        .acquire_timeout(Duration::from_secs(60))
+        .connect_with(opts)
+        .await?;
     Ok(pool)
 }
 
