@@ -318,8 +318,10 @@ impl Bus {
              RETURNING id, attempts";
         // A read first (no lock): a wake-up or poll that finds nothing claimable must not take
         // the write lock.
+        // Two index-friendly probes (an OR across states would scan every finished delivery).
         let any: Option<i64> = sqlx::query_scalar(
-            "SELECT 1 FROM deliveries WHERE subscription = $1 AND ((state = 'pending' AND available_at <= $2) OR (state = 'leased' AND lease_until < $2)) LIMIT 1",
+            "SELECT 1 WHERE EXISTS (SELECT 1 FROM deliveries WHERE subscription = $1 AND state = 'pending' AND available_at <= $2)
+                         OR EXISTS (SELECT 1 FROM deliveries WHERE subscription = $1 AND state = 'leased' AND lease_until < $2)",
         )
         .bind(&*c.name)
         .bind(now)
