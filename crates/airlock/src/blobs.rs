@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
 use object_store::path::Path;
-use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, WriteMultipart};
+use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -16,6 +16,8 @@ use uuid::Uuid;
 /// the memory one upload holds to about `CHUNK * (IN_FLIGHT + 1)`.
 const IN_FLIGHT: usize = 2;
 const CHUNK: usize = 8 << 20;
+/// Bytes per ranged read when streaming an object out.
+const READ_CHUNK: u64 = 1 << 20;
 
 /// The object store.
 #[derive(Clone)]
@@ -169,9 +171,26 @@ impl Blobs {
         &self,
         key: &str,
         range: Option<(u64, u64)>,
-    ) -> Result<impl Stream<Item = Result<Bytes, object_store::Error>> + Send + use<>, object_store::Error> {
-        let opts = GetOptions { range: range.map(|(s, e)| GetRange::Bounded(s..e + 1)), ..Default::default() };
-        Ok(self.store.get_opts(&Path::from(key), opts).await?.into_stream())
+    ) -> Result<futures::stream::BoxStream<'static, Result<Bytes, object_store::Error>>, object_store::Error> {
+        // Ranged reads of READ_CHUNK each: the local store's own stream reads 8 KiB at a time,
+        // each on a blocking thread, which caps reads at tens of MB/s.
+        let path = Path::from(key);
+        let (start, end) = match range {
+            Some((s, e)) => (s, e + 1),
+            None => (0, self.store.head(&path).await?.size),
+        };
+        let store = self.store.clone();
+        Ok(futures::stream::try_unfold(start, move |pos| {
+            let (store, path) = (store.clone(), path.clone());
+            async move {
+                if pos >= end {
+                    return Ok(None);
+                }
+                let next = (pos + READ_CHUNK).min(end);
+                Ok(Some((store.get_range(&path, pos..next).await?, next)))
+            }
+        })
+        .boxed())
     }
 
     /// Moves an object. Idempotent: if `from` is gone and `to` exists, it already moved.

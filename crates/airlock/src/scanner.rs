@@ -53,7 +53,7 @@ trait Conn: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn for T {}
 
 /// Largest chunk sent in one INSTREAM frame.
-const FRAME: usize = 256 * 1024;
+const FRAME: usize = 1024 * 1024;
 
 impl Scanner {
     /// `tcp://HOST:PORT` or `unix:///PATH`.
@@ -116,17 +116,39 @@ impl Scanner {
     {
         let mut c = self.connect().await?;
         c.write_all(b"zINSTREAM\0").await.map_err(|e| ScanError::Unavailable(e.to_string()))?;
+        // Storage hands out small chunks; clamd is fastest with large frames, so chunks are
+        // gathered into frames of up to FRAME bytes, each sent with one write.
+        let mut frame = Vec::with_capacity(FRAME + 4);
         let mut broken = false;
-        'send: while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| ScanError::Source(e.to_string()))?;
-            for part in chunk.chunks(FRAME) {
-                let len = (part.len() as u32).to_be_bytes();
-                if c.write_all(&len).await.is_err() || c.write_all(part).await.is_err() {
+        let send = async |c: &mut Box<dyn Conn>, frame: &mut Vec<u8>| -> bool {
+            let len = ((frame.len() - 4) as u32).to_be_bytes();
+            frame[..4].copy_from_slice(&len);
+            let ok = c.write_all(frame).await.is_ok();
+            frame.clear();
+            ok
+        };
+        frame.extend_from_slice(&[0; 4]);
+        while let Some(chunk) = body.next().await {
+            let mut chunk: &[u8] = &chunk.map_err(|e| ScanError::Source(e.to_string()))?;
+            while !chunk.is_empty() {
+                let take = chunk.len().min(FRAME + 4 - frame.len());
+                frame.extend_from_slice(&chunk[..take]);
+                chunk = &chunk[take..];
+                if frame.len() == FRAME + 4 {
                     // clamd closes the stream when its limit is exceeded: its reply says why.
-                    broken = true;
-                    break 'send;
+                    if !send(&mut c, &mut frame).await {
+                        broken = true;
+                        break;
+                    }
+                    frame.extend_from_slice(&[0; 4]);
                 }
             }
+            if broken {
+                break;
+            }
+        }
+        if !broken && frame.len() > 4 {
+            broken = !send(&mut c, &mut frame).await;
         }
         if !broken {
             let _ = c.write_all(&[0, 0, 0, 0]).await;
