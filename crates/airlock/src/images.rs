@@ -129,11 +129,13 @@ fn jpeg_scans_only(b: &[u8]) -> Result<Bytes, String> {
             continue;
         }
         match b[pos + 1] {
-            // Stuffed 0xFF, restart markers and fill bytes belong to the entropy-coded data.
-            0x00 | 0xD0..=0xD7 | 0xFF => {
+            // Stuffed 0xFF and restart markers belong to the entropy-coded data.
+            0x00 | 0xD0..=0xD7 => {
                 out.push(b[pos]);
                 pos += 1;
             }
+            // Fill bytes before a marker may be dropped: the output is canonical.
+            0xFF => pos += 1,
             0xD9 => {
                 out.extend_from_slice(&[0xFF, 0xD9]);
                 return Ok(Bytes::from(out));
