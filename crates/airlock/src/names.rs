@@ -33,11 +33,13 @@ pub fn sanitize_filename(input: &str) -> String {
         name.push(c);
     }
 
-    let mut name = trim_name(&name).to_owned();
+    // Truncate first: cutting a long name (and trimming what the cut exposes) can produce a
+    // device name (`con<spaces>x.txt` → `con.txt`), so the check comes last. Found by fuzzing.
+    let mut name = truncate_name(trim_name(&name));
     if is_reserved(&name) {
         name.insert(0, '_');
+        name = truncate_name(&name);
     }
-    let name = truncate_name(&name);
 
     if name.is_empty() { FALLBACK_NAME.to_owned() } else { name }
 }
@@ -123,6 +125,14 @@ fn rfc5987_encode(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn truncation_never_exposes_a_device_name() {
+        let sneaky = format!("con{}x.txt", " ".repeat(250));
+        let once = sanitize_filename(&sneaky);
+        assert!(!is_reserved(&once), "{once:?}");
+        assert_eq!(sanitize_filename(&once), once, "idempotent");
+    }
 
     const NASTY: &[&str] = &[
         "",
