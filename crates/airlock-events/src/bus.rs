@@ -14,8 +14,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use serde_json::{Value, json};
+use sqlx::Row;
 use sqlx::sqlite::{Sqlite, SqliteConnection, SqlitePool};
-use sqlx::{Row, Transaction};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -62,8 +62,10 @@ pub(crate) struct Inner {
     pub(crate) timer_wake: tokio::sync::Notify,
     /// SQLite has one writer: queueing writers here, in order, is far cheaper than letting
     /// them collide on the file lock (whose busy handler sleeps). Other processes still queue
-    /// on the busy timeout.
-    write: Arc<tokio::sync::Mutex<()>>,
+    /// on the busy timeout. The slot holds the one connection every write transaction uses:
+    /// its page cache stays valid between transactions (a pooled connection would find it
+    /// stale after another connection's commit and re-read every page it touches).
+    write: Arc<tokio::sync::Mutex<Option<SqliteConnection>>>,
 }
 
 struct ActiveSub {
@@ -127,9 +129,16 @@ impl Bus {
     /// # Errors
     /// Database failures.
     pub async fn begin(&self) -> Result<Tx, EventError> {
-        let guard = self.inner.write.clone().lock_owned().await;
-        let tx = self.inner.pool.begin_with("BEGIN IMMEDIATE").await?;
-        Ok(Tx { tx, _write: guard, bus: self.clone(), wakes: false, woken: Vec::new(), timers: false })
+        let mut slot = self.inner.write.clone().lock_owned().await;
+        let mut conn = match slot.take() {
+            Some(conn) => conn,
+            None => crate::db::open_writer(&self.inner.pool).await?,
+        };
+        if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut conn).await {
+            *slot = Some(conn);
+            return Err(e.into());
+        }
+        Ok(Tx { writer: Some(Writer { conn, slot }), bus: self.clone(), wakes: false, woken: Vec::new(), timers: false, batch: Batch::default() })
     }
 
     /// Runs one write statement in a transaction of its own.
@@ -280,13 +289,18 @@ impl Bus {
         Ok(n)
     }
 
-    async fn active_subs(&self, conn: &mut SqliteConnection) -> Result<Arc<Vec<ActiveSub>>, EventError> {
-        let version: i64 = sqlx::query_scalar("SELECT value FROM bus_meta WHERE key = 'subscriptions_version'").fetch_one(&mut *conn).await?;
-        if let Ok(cache) = self.inner.subs.lock()
-            && cache.0 == version
-        {
-            return Ok(cache.1.clone());
+    /// The fan-out list as last read, with the `subscriptions_version` it was read at.
+    fn cached_subs(&self) -> (i64, Arc<Vec<ActiveSub>>) {
+        match self.inner.subs.lock() {
+            Ok(cache) => (cache.0, cache.1.clone()),
+            Err(_) => (-1, Arc::new(Vec::new())),
         }
+    }
+
+    /// Reads the active subscriptions (inside a write transaction, so they cannot change
+    /// before it commits) and caches them with their version.
+    async fn load_subs(&self, conn: &mut SqliteConnection) -> Result<Arc<Vec<ActiveSub>>, EventError> {
+        let version: i64 = sqlx::query_scalar("SELECT value FROM bus_meta WHERE key = 'subscriptions_version'").fetch_one(&mut *conn).await?;
         let rows = sqlx::query("SELECT name, patterns, filter, ordered FROM subscriptions WHERE disabled_at IS NULL").fetch_all(&mut *conn).await?;
         let mut subs = Vec::with_capacity(rows.len());
         for r in rows {
@@ -616,21 +630,151 @@ async fn bump_subscriptions_version(conn: &mut SqliteConnection) -> Result<(), E
 /// Whatever the caller writes through [`Tx::conn`] and every event it publishes commit or roll
 /// back together. Dropping a `Tx` without [`Tx::commit`] rolls it back.
 pub struct Tx {
-    tx: Transaction<'static, Sqlite>,
-    /// Held until commit or rollback (declared after `tx`, so it is released after it).
-    _write: tokio::sync::OwnedMutexGuard<()>,
+    /// Present until the transaction ends.
+    writer: Option<Writer>,
     bus: Bus,
     wakes: bool,
     /// Subscriptions given deliveries by this transaction, to wake after the commit.
     woken: Vec<String>,
     /// Whether a timer was scheduled.
     timers: bool,
+    /// The bus's own writes not sent yet (see [`Batch`]).
+    batch: Batch,
+}
+
+/// The write connection, out of its slot while a transaction uses it.
+struct Writer {
+    conn: SqliteConnection,
+    slot: tokio::sync::OwnedMutexGuard<Option<SqliteConnection>>,
+}
+
+impl Writer {
+    /// Gives the connection back to the slot (and releases the write lock).
+    fn release(self) {
+        let Writer { conn, mut slot } = self;
+        *slot = Some(conn);
+    }
+
+    /// Rolls back, then releases. A connection that cannot roll back is closed instead
+    /// (closing rolls back too); the next transaction opens another.
+    async fn rollback(self) -> Result<(), EventError> {
+        let Writer { mut conn, mut slot } = self;
+        let r = sqlx::query("ROLLBACK").execute(&mut conn).await;
+        if r.is_ok() {
+            *slot = Some(conn);
+        }
+        r?;
+        Ok(())
+    }
+}
+
+impl Drop for Tx {
+    fn drop(&mut self) {
+        if let Some(w) = self.writer.take() {
+            // Not committed: roll back before the next transaction gets the connection.
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    if let Err(e) = w.rollback().await {
+                        tracing::debug!(error = %e, "Rolling back a dropped transaction failed; its connection was closed.");
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// The bus's own writes of a transaction (events, deliveries, timers, completions), queued and
+/// sent to SQLite as one multi-statement round trip before the next statement that needs a
+/// result, or together with `COMMIT`. Every round trip inside a write transaction holds the
+/// database's only write lock, so sending five statements at once instead of one by one is
+/// what lets several hundred transactions a second through.
+///
+/// Fan-out is rendered when the batch is sent, from the cached subscription list, behind a
+/// guard statement that fails (a unique-key violation on `bus_meta`) unless
+/// `subscriptions_version` still equals the cached version. The guard is the batch's first
+/// statement, so when it fails nothing else ran: the list is reloaded and the batch rendered
+/// again.
+#[derive(Default)]
+struct Batch {
+    ops: Vec<Op>,
+}
+
+enum Op {
+    /// A statement whose `$1..$n` refer to its own arguments.
+    Stmt(&'static str, Vec<Arg>),
+    /// Deliveries of these events to the matching subscriptions.
+    FanOut(Vec<Envelope>),
+}
+
+enum Arg {
+    Text(String),
+    Int(i64),
+}
+
+const STALE_GUARD: &str = "INSERT INTO bus_meta (key, value) SELECT 'subscriptions_version', 0
+     WHERE (SELECT value FROM bus_meta WHERE key = 'subscriptions_version') IS NOT $1";
+
+const INSERT_DELIVERIES: &str = "INSERT INTO deliveries (subscription, event_id, ordering_key, state, attempts, available_at, updated_at)
+     SELECT j.value->>0, j.value->>1, j.value->>2, 'pending', 0, $2, $2 FROM json_each($1) AS j WHERE true
+     ON CONFLICT (subscription, event_id) DO NOTHING";
+
+/// One multi-statement query being assembled.
+#[derive(Default)]
+struct Rendered {
+    sql: String,
+    args: Vec<Arg>,
+}
+
+impl Rendered {
+    /// Appends one statement, renumbering its `$n` after the arguments already there.
+    fn push(&mut self, sql: &str, args: Vec<Arg>) {
+        let base = self.args.len();
+        if !self.sql.is_empty() {
+            self.sql.push_str(";\n");
+        }
+        let mut rest = sql;
+        while let Some(at) = rest.find('$') {
+            self.sql.push_str(&rest[..=at]);
+            rest = &rest[at + 1..];
+            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+            match rest[..digits].parse::<usize>() {
+                Ok(n) => self.sql.push_str(&(n + base).to_string()),
+                Err(_) => self.sql.push_str(&rest[..digits]),
+            }
+            rest = &rest[digits..];
+        }
+        self.sql.push_str(rest);
+        self.args.extend(args);
+    }
+}
+
+/// The deliveries of `events` to `subs` (as JSON rows), noting whom to wake.
+fn fan_out(subs: &[ActiveSub], events: &[Envelope], woken: &mut Vec<String>) -> Vec<Value> {
+    let mut deliveries = Vec::new();
+    for ev in events {
+        for s in subs.iter().filter(|s| matches(&s.patterns, &s.filter, ev)) {
+            deliveries.push(json!([s.name, ev.event_id.to_string(), s.ordered.then_some(&ev.subject)]));
+            if !woken.contains(&s.name) {
+                woken.push(s.name.clone());
+            }
+        }
+    }
+    deliveries
+}
+
+fn is_stale_guard(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.message().contains("bus_meta.key"))
 }
 
 impl Tx {
     /// The connection, for the caller's own state changes.
+    ///
+    /// The bus's own writes (events, deliveries, timers) are queued and sent at the next
+    /// [`Tx::flush`] or at commit, so a statement sent here may run before an earlier
+    /// publish; call [`Tx::flush`] first to read the bus's tables in the same transaction.
     pub fn conn(&mut self) -> &mut SqliteConnection {
-        &mut self.tx
+        // Only `commit` and `rollback`, which consume the Tx, take the writer out.
+        &mut self.writer.as_mut().expect("a transaction keeps its connection until it ends").conn
     }
 
     /// The bus this transaction belongs to.
@@ -670,54 +814,124 @@ impl Tx {
                 })
             })
             .collect();
-        sqlx::query(
+        self.batch.ops.push(Op::Stmt(
             "INSERT INTO events (event_id, event_type, event_version, correlation_id, causation_id, created_at, source, subject, tenant, traceparent, payload)
              SELECT j.value->>'event_id', j.value->>'event_type', j.value->>'event_version', j.value->>'correlation_id',
                     j.value->>'causation_id', j.value->>'created_at', j.value->>'source', j.value->>'subject', j.value->>'tenant',
                     j.value->>'traceparent', j.value->'payload'
              FROM json_each($1) AS j",
-        )
-        .bind(Value::Array(rows).to_string())
-        .execute(&mut *self.tx)
-        .await?;
-        let subs = self.bus.active_subs(&mut self.tx).await?;
-        let mut deliveries = Vec::new();
-        for ev in events {
-            for s in subs.iter().filter(|s| matches(&s.patterns, &s.filter, ev)) {
-                deliveries.push(json!([s.name, ev.event_id.to_string(), s.ordered.then_some(&ev.subject)]));
-                if !self.woken.contains(&s.name) {
-                    self.woken.push(s.name.clone());
-                }
-            }
-        }
-        self.insert_deliveries(deliveries).await?;
+            vec![Arg::Text(Value::Array(rows).to_string())],
+        ));
+        self.batch.ops.push(Op::FanOut(events.to_vec()));
         self.wakes = true;
         Ok(())
+    }
+
+    /// Sends the queued writes of the bus (one round trip); returns the rows their statements
+    /// returned.
+    ///
+    /// # Errors
+    /// Database failures (the transaction should then be dropped).
+    pub async fn flush(&mut self) -> Result<Vec<sqlx::sqlite::SqliteRow>, EventError> {
+        self.send(false).await
+    }
+
+    /// Renders the batch (with `COMMIT` at the end if `commit`) and runs it in one round trip,
+    /// re-rendering if the subscriptions changed under the cached list.
+    async fn send(&mut self, commit: bool) -> Result<Vec<sqlx::sqlite::SqliteRow>, EventError> {
+        if self.batch.ops.is_empty() && !commit {
+            return Ok(Vec::new());
+        }
+        let ops = std::mem::take(&mut self.batch.ops);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let (version, subs) = self.bus.cached_subs();
+            let mut woken = Vec::new();
+            let mut r = Rendered::default();
+            if ops.iter().any(|op| matches!(op, Op::FanOut(_))) {
+                r.push(STALE_GUARD, vec![Arg::Int(version)]);
+            }
+            let now = now_ms();
+            for op in &ops {
+                match op {
+                    Op::Stmt(sql, args) => r.push(
+                        sql,
+                        args.iter()
+                            .map(|a| match a {
+                                Arg::Text(t) => Arg::Text(t.clone()),
+                                Arg::Int(i) => Arg::Int(*i),
+                            })
+                            .collect(),
+                    ),
+                    Op::FanOut(events) => {
+                        let deliveries = fan_out(&subs, events, &mut woken);
+                        if !deliveries.is_empty() {
+                            r.push(INSERT_DELIVERIES, vec![Arg::Text(Value::Array(deliveries).to_string()), Arg::Int(now)]);
+                        }
+                    }
+                }
+            }
+            if commit {
+                r.push("COMMIT", Vec::new());
+            }
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(r.sql));
+            for a in r.args {
+                q = match a {
+                    Arg::Text(t) => q.bind(t),
+                    Arg::Int(i) => q.bind(i),
+                };
+            }
+            match q.fetch_all(&mut *self.conn()).await {
+                Ok(rows) => {
+                    for w in woken {
+                        if !self.woken.contains(&w) {
+                            self.woken.push(w);
+                        }
+                    }
+                    return Ok(rows);
+                }
+                // The guard failed before anything else ran: reload the list and render again.
+                Err(e) if is_stale_guard(&e) && attempt < 3 => {
+                    let bus = self.bus.clone();
+                    bus.load_subs(self.conn()).await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Completes a delivery with this transaction: records `(subscription, event_id)` as
+    /// processed and marks the delivery done, sending every queued write. `false` if the event
+    /// was already processed (a concurrent redelivery won; nothing was marked).
+    pub(crate) async fn complete(&mut self, subscription: &str, event_id: &str, delivery_id: i64) -> Result<bool, EventError> {
+        let now = now_ms();
+        self.batch.ops.push(Op::Stmt(
+            "INSERT INTO processed (subscription, event_id, processed_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            vec![Arg::Text(subscription.to_owned()), Arg::Text(event_id.to_owned()), Arg::Int(now)],
+        ));
+        // changes() is the count of the statement just before: the insert above.
+        self.batch.ops.push(Op::Stmt(
+            "UPDATE deliveries SET state = 'done', lease_until = NULL, last_error = NULL, updated_at = $2 WHERE id = $1 AND changes() > 0
+             RETURNING 1 AS completed",
+            vec![Arg::Int(delivery_id), Arg::Int(now)],
+        ));
+        let rows = self.flush().await?;
+        Ok(rows.iter().any(|r| r.try_get::<i64, _>("completed").is_ok()))
     }
 
     async fn insert_deliveries(&mut self, deliveries: Vec<Value>) -> Result<u64, EventError> {
         if deliveries.is_empty() {
             return Ok(0);
         }
-        let n = sqlx::query(
-            "INSERT INTO deliveries (subscription, event_id, ordering_key, state, attempts, available_at, updated_at)
-             SELECT j.value->>0, j.value->>1, j.value->>2, 'pending', 0, $2, $2 FROM json_each($1) AS j WHERE true
-             ON CONFLICT (subscription, event_id) DO NOTHING",
-        )
-        .bind(Value::Array(deliveries).to_string())
-        .bind(now_ms())
-        .execute(&mut *self.tx)
-        .await?
-        .rows_affected();
+        let n = sqlx::query(INSERT_DELIVERIES).bind(Value::Array(deliveries).to_string()).bind(now_ms()).execute(self.conn()).await?.rows_affected();
         self.wakes = true;
         Ok(n)
     }
 
     async fn backfill(&mut self, subscription: &str, since: OffsetDateTime) -> Result<u64, EventError> {
-        let sub = sqlx::query("SELECT patterns, filter, ordered FROM subscriptions WHERE name = $1")
-            .bind(subscription)
-            .fetch_optional(&mut *self.tx)
-            .await?;
+        let sub =
+            sqlx::query("SELECT patterns, filter, ordered FROM subscriptions WHERE name = $1").bind(subscription).fetch_optional(self.conn()).await?;
         let Some(sub) = sub else {
             return Err(EventError::NotFound(format!("subscription {subscription}")));
         };
@@ -733,7 +947,7 @@ impl Tx {
             )
             .bind(to_micros(since))
             .bind(after)
-            .fetch_all(&mut *self.tx)
+            .fetch_all(self.conn())
             .await?;
             let Some(last) = rows.last() else { break };
             after = last.get("seq");
@@ -759,12 +973,10 @@ impl Tx {
     /// Catalog and database failures.
     pub async fn schedule(&mut self, timer_id: &str, at: OffsetDateTime, event: &Envelope) -> Result<(), EventError> {
         self.bus.inner.catalog.validate(&event.event_type, event.event_version, &event.payload)?;
-        sqlx::query("INSERT INTO timers (id, fire_at, event) VALUES ($1, $2, $3) ON CONFLICT (id) DO UPDATE SET fire_at = excluded.fire_at, event = excluded.event")
-            .bind(timer_id)
-            .bind((at.unix_timestamp_nanos() / 1_000_000) as i64)
-            .bind(serde_json::to_string(event)?)
-            .execute(&mut *self.tx)
-            .await?;
+        self.batch.ops.push(Op::Stmt(
+            "INSERT INTO timers (id, fire_at, event) VALUES ($1, $2, $3) ON CONFLICT (id) DO UPDATE SET fire_at = excluded.fire_at, event = excluded.event",
+            vec![Arg::Text(timer_id.to_owned()), Arg::Int((at.unix_timestamp_nanos() / 1_000_000) as i64), Arg::Text(serde_json::to_string(event)?)],
+        ));
         self.timers = true;
         Ok(())
     }
@@ -775,15 +987,21 @@ impl Tx {
     /// # Errors
     /// Database failures.
     pub async fn cancel_timer(&mut self, timer_id: &str) -> Result<bool, EventError> {
-        Ok(sqlx::query("DELETE FROM timers WHERE id = $1").bind(timer_id).execute(&mut *self.tx).await?.rows_affected() > 0)
+        self.batch.ops.push(Op::Stmt("DELETE FROM timers WHERE id = $1 RETURNING 1 AS cancelled", vec![Arg::Text(timer_id.to_owned())]));
+        let rows = self.flush().await?;
+        Ok(rows.iter().any(|r| r.try_get::<i64, _>("cancelled").is_ok()))
     }
 
     /// Commits, then wakes the workers if events were written.
     ///
     /// # Errors
     /// Database failures (nothing was committed).
-    pub async fn commit(self) -> Result<(), EventError> {
-        self.tx.commit().await?;
+    pub async fn commit(mut self) -> Result<(), EventError> {
+        // The queued writes and COMMIT in one round trip.
+        self.send(true).await?;
+        if let Some(w) = self.writer.take() {
+            w.release();
+        }
         if self.wakes {
             self.bus.wake();
         }
@@ -800,8 +1018,10 @@ impl Tx {
     ///
     /// # Errors
     /// Database failures.
-    pub async fn rollback(self) -> Result<(), EventError> {
-        self.tx.rollback().await?;
-        Ok(())
+    pub async fn rollback(mut self) -> Result<(), EventError> {
+        match self.writer.take() {
+            Some(w) => w.rollback().await,
+            None => Ok(()),
+        }
     }
 }

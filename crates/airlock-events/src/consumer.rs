@@ -199,9 +199,10 @@ impl Bus {
         }
     }
 
-    /// Runs the timer loop until `shutdown`.
+    /// Runs the timer loop, and the WAL checkpoints, until `shutdown`.
     pub fn spawn_timers(&self, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
         let bus = self.clone();
+        let checkpoints = self.spawn_checkpoints(shutdown.clone());
         tokio::spawn(async move {
             loop {
                 let wait = match bus.fire_due_timers(500).await {
@@ -216,6 +217,28 @@ impl Bus {
                     () = shutdown.cancelled() => break,
                     () = bus.inner.timer_wake.notified() => {}
                     () = tokio::time::sleep(wait) => {}
+                }
+            }
+            let _ = checkpoints.await;
+        })
+    }
+
+    /// Copies the WAL back into the database file every 200 ms from a reading connection
+    /// (`PASSIVE`: never waits for, nor blocks, the writer). Left to the writer, the commit that
+    /// crosses the autocheckpoint threshold would do it, fsyncs included, while holding the
+    /// database's only write lock.
+    fn spawn_checkpoints(&self, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let bus = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(200));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(bus.pool()).await {
+                    tracing::debug!(error = %e, "WAL checkpoint failed; retrying.");
                 }
             }
         })
@@ -395,25 +418,13 @@ impl Bus {
             let _ = c.finished.send(Finished { id: d.id, event_id: d.event.event_id.to_string() });
             return Ok(());
         };
-        let fresh = sqlx::query("INSERT INTO processed (subscription, event_id, processed_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
-            .bind(&*c.name)
-            .bind(d.event.event_id.to_string())
-            .bind(now_ms())
-            .execute(tx.conn())
-            .await?
-            .rows_affected();
-        if fresh == 0 {
+        if !tx.complete(&c.name, &d.event.event_id.to_string(), d.id).await? {
             // A concurrent redelivery (expired lease) got there first: drop our effects.
             tx.rollback().await?;
             tracing::debug!("Concurrent duplicate: effects rolled back.");
             self.mark_done(d.id).await?;
             return Ok(());
         }
-        sqlx::query("UPDATE deliveries SET state = 'done', lease_until = NULL, last_error = NULL, updated_at = $2 WHERE id = $1")
-            .bind(d.id)
-            .bind(now_ms())
-            .execute(tx.conn())
-            .await?;
         tx.commit().await?;
         Ok(())
     }
