@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use serde_json::{Value, json};
 use sqlx::Row;
-use sqlx::sqlite::{Sqlite, SqliteConnection, SqlitePool};
+use sqlx::sqlite::{SqliteConnection, SqlitePool};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -138,15 +138,26 @@ impl Bus {
             *slot = Some(conn);
             return Err(e.into());
         }
-        Ok(Tx { writer: Some(Writer { conn, slot }), bus: self.clone(), wakes: false, woken: Vec::new(), timers: false, batch: Batch::default() })
+        Ok(Tx { writer: Some(Writer { conn, slot }), begun: true, bus: self.clone(), wakes: false, woken: Vec::new(), timers: false, batch: Batch::default() })
     }
 
-    /// Runs one write statement in a transaction of its own.
-    pub(crate) async fn write(&self, q: sqlx::query::Query<'_, Sqlite, sqlx::sqlite::SqliteArguments>) -> Result<u64, EventError> {
-        let mut tx = self.begin().await?;
-        let n = q.execute(tx.conn()).await?.rows_affected();
-        tx.commit().await?;
-        Ok(n)
+    /// A write transaction whose `BEGIN` goes out with its first batch, for the bus's own
+    /// transactions that never use [`Tx::conn`]: begin, statements and commit in one round trip.
+    pub(crate) async fn begin_lazy(&self) -> Result<Tx, EventError> {
+        let mut slot = self.inner.write.clone().lock_owned().await;
+        let conn = match slot.take() {
+            Some(conn) => conn,
+            None => crate::db::open_writer(&self.inner.pool).await?,
+        };
+        Ok(Tx { writer: Some(Writer { conn, slot }), begun: false, bus: self.clone(), wakes: false, woken: Vec::new(), timers: false, batch: Batch::default() })
+    }
+
+    /// Runs statements (`$n` numbered per statement) as a transaction of their own, in one round
+    /// trip; returns the rows they returned (use `RETURNING` to count).
+    pub(crate) async fn write_once(&self, stmts: Vec<(&'static str, Vec<Arg>)>) -> Result<Vec<sqlx::sqlite::SqliteRow>, EventError> {
+        let mut tx = self.begin_lazy().await?;
+        tx.batch.ops.extend(stmts.into_iter().map(|(sql, args)| Op::Stmt(sql, args)));
+        tx.commit_returning().await
     }
 
     /// Publishes events in a transaction of their own.
@@ -358,14 +369,12 @@ impl Bus {
     /// Database failures.
     pub async fn redrive(&self, id: i64) -> Result<bool, EventError> {
         let n = self
-            .write(
-                sqlx::query(
-                    "UPDATE deliveries SET state = 'pending', attempts = 0, available_at = $2, updated_at = $2 WHERE id = $1 AND state = 'dead'",
-                )
-                .bind(id)
-                .bind(now_ms()),
-            )
-            .await?;
+            .write_once(vec![(
+                "UPDATE deliveries SET state = 'pending', attempts = 0, available_at = $2, updated_at = $2 WHERE id = $1 AND state = 'dead' RETURNING 1",
+                vec![Arg::Int(id), Arg::Int(now_ms())],
+            )])
+            .await?
+            .len();
         self.wake_subscriptions(None);
         Ok(n > 0)
     }
@@ -376,14 +385,14 @@ impl Bus {
     /// Database failures.
     pub async fn redrive_all(&self, subscription: Option<&str>) -> Result<u64, EventError> {
         let n = self
-            .write(
-                sqlx::query("UPDATE deliveries SET state = 'pending', attempts = 0, available_at = $2, updated_at = $2 WHERE state = 'dead' AND ($1 IS NULL OR subscription = $1)")
-                    .bind(subscription)
-                    .bind(now_ms()),
-            )
-            .await?;
+            .write_once(vec![(
+                "UPDATE deliveries SET state = 'pending', attempts = 0, available_at = $2, updated_at = $2 WHERE state = 'dead' AND ($1 IS NULL OR subscription = $1) RETURNING 1",
+                vec![subscription.map_or(Arg::Null, |s| Arg::Text(s.to_owned())), Arg::Int(now_ms())],
+            )])
+            .await?
+            .len();
         self.wake_subscriptions(None);
-        Ok(n)
+        Ok(n as u64)
     }
 
     /// Discards a dead letter (kept in the history as `discarded`).
@@ -392,8 +401,12 @@ impl Bus {
     /// Database failures.
     pub async fn discard(&self, id: i64) -> Result<bool, EventError> {
         let n = self
-            .write(sqlx::query("UPDATE deliveries SET state = 'discarded', updated_at = $2 WHERE id = $1 AND state = 'dead'").bind(id).bind(now_ms()))
-            .await?;
+            .write_once(vec![(
+                "UPDATE deliveries SET state = 'discarded', updated_at = $2 WHERE id = $1 AND state = 'dead' RETURNING 1",
+                vec![Arg::Int(id), Arg::Int(now_ms())],
+            )])
+            .await?
+            .len();
         Ok(n > 0)
     }
 
@@ -632,6 +645,8 @@ async fn bump_subscriptions_version(conn: &mut SqliteConnection) -> Result<(), E
 pub struct Tx {
     /// Present until the transaction ends.
     writer: Option<Writer>,
+    /// Whether `BEGIN` was sent (a lazy transaction sends it with its first batch).
+    begun: bool,
     bus: Bus,
     wakes: bool,
     /// Subscriptions given deliveries by this transaction, to wake after the commit.
@@ -671,6 +686,10 @@ impl Writer {
 impl Drop for Tx {
     fn drop(&mut self) {
         if let Some(w) = self.writer.take() {
+            if !self.begun {
+                w.release();
+                return;
+            }
             // Not committed: roll back before the next transaction gets the connection.
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 rt.spawn(async move {
@@ -699,16 +718,17 @@ struct Batch {
     ops: Vec<Op>,
 }
 
-enum Op {
+pub(crate) enum Op {
     /// A statement whose `$1..$n` refer to its own arguments.
     Stmt(&'static str, Vec<Arg>),
     /// Deliveries of these events to the matching subscriptions.
     FanOut(Vec<Envelope>),
 }
 
-enum Arg {
+pub(crate) enum Arg {
     Text(String),
     Int(i64),
+    Null,
 }
 
 const STALE_GUARD: &str = "INSERT INTO bus_meta (key, value) SELECT 'subscriptions_version', 0
@@ -849,6 +869,10 @@ impl Tx {
             let (version, subs) = self.bus.cached_subs();
             let mut woken = Vec::new();
             let mut r = Rendered::default();
+            if !self.begun {
+                r.push("BEGIN IMMEDIATE", Vec::new());
+                self.begun = true;
+            }
             if ops.iter().any(|op| matches!(op, Op::FanOut(_))) {
                 r.push(STALE_GUARD, vec![Arg::Int(version)]);
             }
@@ -861,6 +885,7 @@ impl Tx {
                             .map(|a| match a {
                                 Arg::Text(t) => Arg::Text(t.clone()),
                                 Arg::Int(i) => Arg::Int(*i),
+                                Arg::Null => Arg::Null,
                             })
                             .collect(),
                     ),
@@ -880,6 +905,7 @@ impl Tx {
                 q = match a {
                     Arg::Text(t) => q.bind(t),
                     Arg::Int(i) => q.bind(i),
+                    Arg::Null => q.bind(None::<String>),
                 };
             }
             match q.fetch_all(&mut *self.conn()).await {
@@ -901,23 +927,20 @@ impl Tx {
         }
     }
 
-    /// Completes a delivery with this transaction: records `(subscription, event_id)` as
-    /// processed and marks the delivery done, sending every queued write. `false` if the event
-    /// was already processed (a concurrent redelivery won; nothing was marked).
-    pub(crate) async fn complete(&mut self, subscription: &str, event_id: &str, delivery_id: i64) -> Result<bool, EventError> {
+    /// Queues the completion of a delivery with this transaction's commit: `(subscription,
+    /// event_id)` recorded as processed, the delivery marked done. If the event was already
+    /// processed (a concurrent redelivery won), the commit fails with an error for which
+    /// [`EventError::is_already_processed`] holds, and nothing is committed.
+    pub(crate) fn finish_delivery(&mut self, subscription: &str, event_id: &str, delivery_id: i64) {
         let now = now_ms();
         self.batch.ops.push(Op::Stmt(
-            "INSERT INTO processed (subscription, event_id, processed_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            "INSERT INTO processed (subscription, event_id, processed_at) VALUES ($1, $2, $3)",
             vec![Arg::Text(subscription.to_owned()), Arg::Text(event_id.to_owned()), Arg::Int(now)],
         ));
-        // changes() is the count of the statement just before: the insert above.
         self.batch.ops.push(Op::Stmt(
-            "UPDATE deliveries SET state = 'done', lease_until = NULL, last_error = NULL, updated_at = $2 WHERE id = $1 AND changes() > 0
-             RETURNING 1 AS completed",
+            "UPDATE deliveries SET state = 'done', lease_until = NULL, last_error = NULL, updated_at = $2 WHERE id = $1",
             vec![Arg::Int(delivery_id), Arg::Int(now)],
         ));
-        let rows = self.flush().await?;
-        Ok(rows.iter().any(|r| r.try_get::<i64, _>("completed").is_ok()))
     }
 
     async fn insert_deliveries(&mut self, deliveries: Vec<Value>) -> Result<u64, EventError> {
@@ -996,9 +1019,14 @@ impl Tx {
     ///
     /// # Errors
     /// Database failures (nothing was committed).
-    pub async fn commit(mut self) -> Result<(), EventError> {
+    pub async fn commit(self) -> Result<(), EventError> {
+        self.commit_returning().await.map(drop)
+    }
+
+    /// Commits; returns the rows the last batch's statements returned.
+    pub(crate) async fn commit_returning(mut self) -> Result<Vec<sqlx::sqlite::SqliteRow>, EventError> {
         // The queued writes and COMMIT in one round trip.
-        self.send(true).await?;
+        let rows = self.send(true).await?;
         if let Some(w) = self.writer.take() {
             w.release();
         }
@@ -1011,7 +1039,7 @@ impl Tx {
         if self.timers {
             self.bus.inner.timer_wake.notify_one();
         }
-        Ok(())
+        Ok(rows)
     }
 
     /// Rolls back: nothing written through this transaction, events included, remains.
@@ -1020,7 +1048,11 @@ impl Tx {
     /// Database failures.
     pub async fn rollback(mut self) -> Result<(), EventError> {
         match self.writer.take() {
-            Some(w) => w.rollback().await,
+            Some(w) if self.begun => w.rollback().await,
+            Some(w) => {
+                w.release();
+                Ok(())
+            }
             None => Ok(()),
         }
     }

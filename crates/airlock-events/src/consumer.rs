@@ -18,7 +18,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::bus::{Bus, Tx, envelope_from_row, now_ms, until};
+use crate::bus::{Arg, Bus, Tx, envelope_from_row, now_ms, until};
 use crate::subscription::SubscriptionSpec;
 use crate::{Envelope, EventError};
 
@@ -174,23 +174,23 @@ impl Bus {
         while rx.recv_many(&mut batch, 512).await > 0 {
             let ids: Vec<i64> = batch.iter().map(|f| f.id).collect();
             let events: Vec<&str> = batch.iter().map(|f| f.event_id.as_str()).collect();
-            let r: Result<(), EventError> = async {
-                let mut tx = self.begin().await?;
-                let now = now_ms();
-                sqlx::query("INSERT INTO processed (subscription, event_id, processed_at) SELECT $1, value, $2 FROM json_each($3) WHERE true ON CONFLICT DO NOTHING")
-                    .bind(&*name)
-                    .bind(now)
-                    .bind(serde_json::to_string(&events)?)
-                    .execute(tx.conn())
-                    .await?;
-                sqlx::query("UPDATE deliveries SET state = 'done', lease_until = NULL, last_error = NULL, updated_at = $1 WHERE id IN (SELECT value FROM json_each($2))")
-                    .bind(now)
-                    .bind(serde_json::to_string(&ids)?)
-                    .execute(tx.conn())
-                    .await?;
-                tx.commit().await
-            }
-            .await;
+            let now = now_ms();
+            let r = match (serde_json::to_string(&events), serde_json::to_string(&ids)) {
+                (Ok(events), Ok(ids)) => self
+                    .write_once(vec![
+                        (
+                            "INSERT INTO processed (subscription, event_id, processed_at) SELECT $1, value, $2 FROM json_each($3) WHERE true ON CONFLICT DO NOTHING",
+                            vec![Arg::Text(name.to_string()), Arg::Int(now), Arg::Text(events)],
+                        ),
+                        (
+                            "UPDATE deliveries SET state = 'done', lease_until = NULL, last_error = NULL, updated_at = $1 WHERE id IN (SELECT value FROM json_each($2))",
+                            vec![Arg::Int(now), Arg::Text(ids)],
+                        ),
+                    ])
+                    .await
+                    .map(drop),
+                (Err(e), _) | (_, Err(e)) => Err(e.into()),
+            };
             if let Err(e) = r {
                 tracing::warn!(subscription = %name, error = %e, count = ids.len(), "Recording finished deliveries failed; they will be redelivered.");
             }
@@ -353,15 +353,12 @@ impl Bus {
         if any.is_none() {
             return Ok(Vec::new());
         }
-        let mut tx = self.begin().await?;
-        let rows = sqlx::query(if c.spec.ordered { ORDERED } else { UNORDERED })
-            .bind(lease_until)
-            .bind(now)
-            .bind(&*c.name)
-            .bind(n as i64)
-            .fetch_all(tx.conn())
+        let rows = self
+            .write_once(vec![(
+                if c.spec.ordered { ORDERED } else { UNORDERED },
+                vec![Arg::Int(lease_until), Arg::Int(now), Arg::Text(c.name.to_string()), Arg::Int(n as i64)],
+            )])
             .await?;
-        tx.commit().await?;
         if rows.is_empty() {
             return Ok(Vec::new());
         }
@@ -418,15 +415,18 @@ impl Bus {
             let _ = c.finished.send(Finished { id: d.id, event_id: d.event.event_id.to_string() });
             return Ok(());
         };
-        if !tx.complete(&c.name, &d.event.event_id.to_string(), d.id).await? {
-            // A concurrent redelivery (expired lease) got there first: drop our effects.
-            tx.rollback().await?;
-            tracing::debug!("Concurrent duplicate: effects rolled back.");
-            self.mark_done(d.id).await?;
-            return Ok(());
+        tx.finish_delivery(&c.name, &d.event.event_id.to_string(), d.id);
+        match tx.commit().await {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_already_processed() => {
+                // A concurrent redelivery (expired lease) got there first: our effects were not
+                // committed.
+                tracing::debug!("Concurrent duplicate: effects rolled back.");
+                self.mark_done(d.id).await?;
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
         }
-        tx.commit().await?;
-        Ok(())
     }
 
     /// Extends a long handler's lease every third of the lease, so no other worker takes it.
@@ -438,8 +438,9 @@ impl Bus {
             loop {
                 tick.tick().await;
                 let until = now_ms() + lease.as_millis() as i64;
-                let r =
-                    bus.write(sqlx::query("UPDATE deliveries SET lease_until = $2 WHERE id = $1 AND state = 'leased'").bind(id).bind(until)).await;
+                let r = bus
+                    .write_once(vec![("UPDATE deliveries SET lease_until = $2 WHERE id = $1 AND state = 'leased'", vec![Arg::Int(id), Arg::Int(until)])])
+                    .await;
                 if let Err(e) = r {
                     tracing::warn!(delivery = id, error = %e, "Extending a lease failed.");
                 }
@@ -448,7 +449,7 @@ impl Bus {
     }
 
     async fn mark_done(&self, id: i64) -> Result<(), EventError> {
-        self.write(sqlx::query("UPDATE deliveries SET state = 'done', lease_until = NULL, updated_at = $2 WHERE id = $1").bind(id).bind(now_ms()))
+        self.write_once(vec![("UPDATE deliveries SET state = 'done', lease_until = NULL, updated_at = $2 WHERE id = $1", vec![Arg::Int(id), Arg::Int(now_ms())])])
             .await?;
         Ok(())
     }
@@ -462,14 +463,16 @@ impl Bus {
         };
         let now = now_ms();
         let r = self
-            .write(
-                sqlx::query("UPDATE deliveries SET state = $2, available_at = $3, lease_until = NULL, last_error = $4, updated_at = $5 WHERE id = $1 AND state = 'leased'")
-                    .bind(d.id)
-                    .bind(if dead { "dead" } else { "pending" })
-                    .bind(now + delay.as_millis() as i64)
-                    .bind(&err.message)
-                    .bind(now),
-            )
+            .write_once(vec![(
+                "UPDATE deliveries SET state = $2, available_at = $3, lease_until = NULL, last_error = $4, updated_at = $5 WHERE id = $1 AND state = 'leased'",
+                vec![
+                    Arg::Int(d.id),
+                    Arg::Text(if dead { "dead" } else { "pending" }.to_owned()),
+                    Arg::Int(now + delay.as_millis() as i64),
+                    Arg::Text(err.message.clone()),
+                    Arg::Int(now),
+                ],
+            )])
             .await;
         if let Err(e) = r {
             tracing::error!(error = %e, "Recording a failed delivery failed; the lease will expire and it will be retried.");

@@ -75,4 +75,10 @@ impl EventError {
     pub fn is_retryable(&self) -> bool {
         matches!(self, EventError::Database(_))
     }
+
+    /// A completion refused because the event was already processed by this subscription (a
+    /// concurrent redelivery got there first).
+    pub fn is_already_processed(&self) -> bool {
+        matches!(self, EventError::Database(sqlx::Error::Database(d)) if d.is_unique_violation() && d.message().contains("processed.event_id"))
+    }
 }

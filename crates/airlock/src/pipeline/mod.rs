@@ -4,6 +4,8 @@
 //! ```text
 //! file.uploaded ──validate──▶ validation.started (+ processing.timeout timer), committed first,
 //!                             then validation.passed | validation.failed
+//!                             (quick validations — ≤ 1 MiB, no virus scan — commit the start
+//!                             with the verdict and arm no timer)
 //! processing.timeout ──timeout──▶ validation.failed (processing_timeout)
 //! validation.passed ──promote──▶ file.promoted ▶ resource.ready
 //! validation.failed ──quarantine──▶ file.quarantined ▶ resource.rejected
