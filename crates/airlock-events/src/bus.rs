@@ -124,38 +124,32 @@ impl Bus {
     }
 
     /// Begins a write transaction (`BEGIN IMMEDIATE`: SQLite takes the write lock up front, so
-    /// a transaction never fails half-way on a lock upgrade).
+    /// a transaction never fails half-way on a lock upgrade). This process's writers queue
+    /// here; `BEGIN` itself goes out with the transaction's first statements.
     ///
     /// # Errors
     /// Database failures.
     pub async fn begin(&self) -> Result<Tx, EventError> {
         let mut slot = self.inner.write.clone().lock_owned().await;
-        let mut conn = match slot.take() {
-            Some(conn) => conn,
-            None => crate::db::open_writer(&self.inner.pool).await?,
-        };
-        if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut conn).await {
-            *slot = Some(conn);
-            return Err(e.into());
-        }
-        Ok(Tx { writer: Some(Writer { conn, slot }), begun: true, bus: self.clone(), wakes: false, woken: Vec::new(), timers: false, batch: Batch::default() })
-    }
-
-    /// A write transaction whose `BEGIN` goes out with its first batch, for the bus's own
-    /// transactions that never use [`Tx::conn`]: begin, statements and commit in one round trip.
-    pub(crate) async fn begin_lazy(&self) -> Result<Tx, EventError> {
-        let mut slot = self.inner.write.clone().lock_owned().await;
         let conn = match slot.take() {
             Some(conn) => conn,
             None => crate::db::open_writer(&self.inner.pool).await?,
         };
-        Ok(Tx { writer: Some(Writer { conn, slot }), begun: false, bus: self.clone(), wakes: false, woken: Vec::new(), timers: false, batch: Batch::default() })
+        Ok(Tx {
+            writer: Some(Writer { conn, slot }),
+            begun: false,
+            bus: self.clone(),
+            wakes: false,
+            woken: Vec::new(),
+            timers: false,
+            batch: Batch::default(),
+        })
     }
 
     /// Runs statements (`$n` numbered per statement) as a transaction of their own, in one round
     /// trip; returns the rows they returned (use `RETURNING` to count).
     pub(crate) async fn write_once(&self, stmts: Vec<(&'static str, Vec<Arg>)>) -> Result<Vec<sqlx::sqlite::SqliteRow>, EventError> {
-        let mut tx = self.begin_lazy().await?;
+        let mut tx = self.begin().await?;
         tx.batch.ops.extend(stmts.into_iter().map(|(sql, args)| Op::Stmt(sql, args)));
         tx.commit_returning().await
     }
@@ -190,7 +184,7 @@ impl Bus {
     /// Database failures.
     pub async fn register(&self, spec: &SubscriptionSpec) -> Result<bool, EventError> {
         let mut tx = self.begin().await?;
-        let existed = sqlx::query("SELECT 1 FROM subscriptions WHERE name = $1").bind(&spec.name).fetch_optional(tx.conn()).await?.is_some();
+        let existed = sqlx::query("SELECT 1 FROM subscriptions WHERE name = $1").bind(&spec.name).fetch_optional(tx.conn().await?).await?.is_some();
         sqlx::query(
             "INSERT INTO subscriptions (name, patterns, filter, max_attempts, backoff_base_ms, backoff_cap_ms, lease_ms, ordered, created_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
@@ -207,9 +201,9 @@ impl Bus {
         .bind(spec.lease.as_millis() as i64)
         .bind(spec.ordered)
         .bind(now_ms())
-        .execute(tx.conn())
+        .execute(tx.conn().await?)
         .await?;
-        bump_subscriptions_version(tx.conn()).await?;
+        bump_subscriptions_version(tx.conn().await?).await?;
         if !existed && let Some(since) = spec.start_from {
             tx.backfill(&spec.name, since).await?;
         }
@@ -266,9 +260,9 @@ impl Bus {
         sqlx::query("UPDATE subscriptions SET disabled_at = $2 WHERE name = $1 AND disabled_at IS NULL")
             .bind(name)
             .bind(now_ms())
-            .execute(tx.conn())
+            .execute(tx.conn().await?)
             .await?;
-        bump_subscriptions_version(tx.conn()).await?;
+        bump_subscriptions_version(tx.conn().await?).await?;
         tx.commit().await
     }
 
@@ -278,12 +272,12 @@ impl Bus {
     /// Database failures.
     pub async fn remove(&self, name: &str) -> Result<bool, EventError> {
         let mut tx = self.begin().await?;
-        let n = sqlx::query("DELETE FROM subscriptions WHERE name = $1").bind(name).execute(tx.conn()).await?.rows_affected();
+        let n = sqlx::query("DELETE FROM subscriptions WHERE name = $1").bind(name).execute(tx.conn().await?).await?.rows_affected();
         sqlx::query("DELETE FROM deliveries WHERE subscription = $1 AND state IN ('pending', 'leased', 'dead')")
             .bind(name)
-            .execute(tx.conn())
+            .execute(tx.conn().await?)
             .await?;
-        bump_subscriptions_version(tx.conn()).await?;
+        bump_subscriptions_version(tx.conn().await?).await?;
         tx.commit().await?;
         Ok(n > 0)
     }
@@ -428,10 +422,10 @@ impl Bus {
         let mut tx = self.begin().await?;
         let n = sqlx::query("DELETE FROM deliveries WHERE state IN ('done', 'discarded') AND updated_at < $1")
             .bind(before)
-            .execute(tx.conn())
+            .execute(tx.conn().await?)
             .await?
             .rows_affected();
-        sqlx::query("DELETE FROM processed WHERE processed_at < $1").bind(before).execute(tx.conn()).await?;
+        sqlx::query("DELETE FROM processed WHERE processed_at < $1").bind(before).execute(tx.conn().await?).await?;
         tx.commit().await?;
         Ok(n)
     }
@@ -454,7 +448,7 @@ impl Bus {
             sqlx::query("DELETE FROM timers WHERE id IN (SELECT id FROM timers WHERE fire_at <= $1 ORDER BY fire_at LIMIT $2) RETURNING event")
                 .bind(now)
                 .bind(max)
-                .fetch_all(tx.conn())
+                .fetch_all(tx.conn().await?)
                 .await?;
         if rows.is_empty() {
             tx.rollback().await?;
@@ -787,12 +781,18 @@ fn is_stale_guard(e: &sqlx::Error) -> bool {
 }
 
 impl Tx {
-    /// The connection, for the caller's own state changes.
+    /// The connection, for the caller's own state changes, after the writes queued so far
+    /// (published events, timers) were sent: statements run in the order they were made.
     ///
-    /// The bus's own writes (events, deliveries, timers) are queued and sent at the next
-    /// [`Tx::flush`] or at commit, so a statement sent here may run before an earlier
-    /// publish; call [`Tx::flush`] first to read the bus's tables in the same transaction.
-    pub fn conn(&mut self) -> &mut SqliteConnection {
+    /// # Errors
+    /// Database failures.
+    pub async fn conn(&mut self) -> Result<&mut SqliteConnection, EventError> {
+        self.send(false).await?;
+        Ok(self.raw())
+    }
+
+    /// The connection as it is (`BEGIN` and queued writes possibly not sent yet).
+    fn raw(&mut self) -> &mut SqliteConnection {
         // Only `commit` and `rollback`, which consume the Tx, take the writer out.
         &mut self.writer.as_mut().expect("a transaction keeps its connection until it ends").conn
     }
@@ -859,8 +859,13 @@ impl Tx {
     /// Renders the batch (with `COMMIT` at the end if `commit`) and runs it in one round trip,
     /// re-rendering if the subscriptions changed under the cached list.
     async fn send(&mut self, commit: bool) -> Result<Vec<sqlx::sqlite::SqliteRow>, EventError> {
-        if self.batch.ops.is_empty() && !commit {
-            return Ok(Vec::new());
+        if self.batch.ops.is_empty() {
+            match (self.begun, commit) {
+                // Nothing to send; or a transaction that never wrote anything, nothing to commit.
+                (true, false) | (false, true) => return Ok(Vec::new()),
+                // BEGIN is due (for `conn`), or COMMIT is.
+                _ => {}
+            }
         }
         let ops = std::mem::take(&mut self.batch.ops);
         let mut attempt = 0;
@@ -908,7 +913,7 @@ impl Tx {
                     Arg::Null => q.bind(None::<String>),
                 };
             }
-            match q.fetch_all(&mut *self.conn()).await {
+            match q.fetch_all(self.raw()).await {
                 Ok(rows) => {
                     for w in woken {
                         if !self.woken.contains(&w) {
@@ -920,7 +925,7 @@ impl Tx {
                 // The guard failed before anything else ran: reload the list and render again.
                 Err(e) if is_stale_guard(&e) && attempt < 3 => {
                     let bus = self.bus.clone();
-                    bus.load_subs(self.conn()).await?;
+                    bus.load_subs(self.raw()).await?;
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -947,14 +952,16 @@ impl Tx {
         if deliveries.is_empty() {
             return Ok(0);
         }
-        let n = sqlx::query(INSERT_DELIVERIES).bind(Value::Array(deliveries).to_string()).bind(now_ms()).execute(self.conn()).await?.rows_affected();
+        let n = sqlx::query(INSERT_DELIVERIES).bind(Value::Array(deliveries).to_string()).bind(now_ms()).execute(self.raw()).await?.rows_affected();
         self.wakes = true;
         Ok(n)
     }
 
     async fn backfill(&mut self, subscription: &str, since: OffsetDateTime) -> Result<u64, EventError> {
-        let sub =
-            sqlx::query("SELECT patterns, filter, ordered FROM subscriptions WHERE name = $1").bind(subscription).fetch_optional(self.conn()).await?;
+        let sub = sqlx::query("SELECT patterns, filter, ordered FROM subscriptions WHERE name = $1")
+            .bind(subscription)
+            .fetch_optional(self.conn().await?)
+            .await?;
         let Some(sub) = sub else {
             return Err(EventError::NotFound(format!("subscription {subscription}")));
         };
@@ -970,7 +977,7 @@ impl Tx {
             )
             .bind(to_micros(since))
             .bind(after)
-            .fetch_all(self.conn())
+            .fetch_all(self.conn().await?)
             .await?;
             let Some(last) = rows.last() else { break };
             after = last.get("seq");

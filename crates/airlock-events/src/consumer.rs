@@ -439,7 +439,10 @@ impl Bus {
                 tick.tick().await;
                 let until = now_ms() + lease.as_millis() as i64;
                 let r = bus
-                    .write_once(vec![("UPDATE deliveries SET lease_until = $2 WHERE id = $1 AND state = 'leased'", vec![Arg::Int(id), Arg::Int(until)])])
+                    .write_once(vec![(
+                        "UPDATE deliveries SET lease_until = $2 WHERE id = $1 AND state = 'leased'",
+                        vec![Arg::Int(id), Arg::Int(until)],
+                    )])
                     .await;
                 if let Err(e) = r {
                     tracing::warn!(delivery = id, error = %e, "Extending a lease failed.");
@@ -449,8 +452,11 @@ impl Bus {
     }
 
     async fn mark_done(&self, id: i64) -> Result<(), EventError> {
-        self.write_once(vec![("UPDATE deliveries SET state = 'done', lease_until = NULL, updated_at = $2 WHERE id = $1", vec![Arg::Int(id), Arg::Int(now_ms())])])
-            .await?;
+        self.write_once(vec![(
+            "UPDATE deliveries SET state = 'done', lease_until = NULL, updated_at = $2 WHERE id = $1",
+            vec![Arg::Int(id), Arg::Int(now_ms())],
+        )])
+        .await?;
         Ok(())
     }
 

@@ -27,7 +27,7 @@ impl Handler for Flaky {
                 .bind(sub)
                 .bind(event.event_id.to_string())
                 .bind(event.payload["n"].as_i64())
-                .execute(cx.tx().await?.conn())
+                .execute(cx.tx().await?.conn().await?)
                 .await?;
             if fastrand::u8(0..10) == 0 {
                 return Err(HandlerError::retryable("flaky"));
@@ -65,8 +65,10 @@ async fn child_process() {
 
     loop {
         let mut tx = bus.begin().await.expect("begin");
-        let committed: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE event_type = 'test.happened'").fetch_one(tx.conn()).await.expect("count");
+        let committed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE event_type = 'test.happened'")
+            .fetch_one(tx.conn().await.expect("conn"))
+            .await
+            .expect("count");
         if committed >= TARGET {
             break;
         }

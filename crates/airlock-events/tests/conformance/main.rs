@@ -102,7 +102,7 @@ impl Handler for Recorder {
                 .bind(&sub)
                 .bind(event.event_id.to_string())
                 .bind(n)
-                .execute(cx.tx().await?.conn())
+                .execute(cx.tx().await?.conn().await?)
                 .await?;
             {
                 let mut fail = self.fail.lock().expect("lock");
@@ -474,5 +474,62 @@ async fn timers_fire_once_unless_cancelled_and_survive_a_restart() {
     assert_eq!(ns, vec![0, 2], "t1 was cancelled; each other timer fired exactly once");
     let mut tx = bus.begin().await.expect("begin");
     assert!(!tx.cancel_timer("t0").await.expect("cancel"), "a fired timer cannot be cancelled");
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn a_subscription_added_elsewhere_gets_the_next_events_of_a_publisher_with_a_warm_fan_out_list() {
+    let b = backend().await;
+    b.bus.register(&spec("first", &["test.*"])).await.expect("register");
+    let one = event(1, "a");
+    b.bus.publish(std::slice::from_ref(&one)).await.expect("publish"); // the fan-out list is now cached
+    // Another process on the same database adds a subscription behind this bus's back.
+    let pool = airlock_events::db::open_sqlite(&b.url).await.expect("open");
+    let other = Bus::with_catalog(pool, BusOptions::default(), &TEST_CATALOG);
+    other.register(&spec("second", &["test.*"])).await.expect("register elsewhere");
+
+    let two = event(2, "a");
+    b.bus.publish(std::slice::from_ref(&two)).await.expect("publish");
+    let subs = |d: Vec<airlock_events::DeliveryState>| d.into_iter().map(|d| d.subscription).collect::<Vec<_>>();
+    assert_eq!(subs(b.bus.deliveries_of(&[one.event_id]).await.expect("d")), ["first"]);
+    assert_eq!(subs(b.bus.deliveries_of(&[two.event_id]).await.expect("d")), ["first", "second"], "the stale list was noticed and reloaded");
+
+    // Statements run in the order they were made: a read through `conn` sees what this
+    // transaction published before it.
+    let three = event(3, "a");
+    let mut tx = b.bus.begin().await.expect("begin");
+    tx.publish(three.clone()).await.expect("publish");
+    let seen: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM deliveries WHERE event_id = $1")
+        .bind(three.event_id.to_string())
+        .fetch_one(tx.conn().await.expect("conn"))
+        .await
+        .expect("count");
+    assert_eq!(seen, 2);
+    tx.commit().await.expect("commit");
+}
+
+#[tokio::test]
+async fn a_handler_that_loses_the_race_to_a_concurrent_redelivery_commits_none_of_its_effects() {
+    let b = backend().await;
+    let stop = CancellationToken::new();
+    let rec = Arc::new(Recorder::with_delay(Duration::from_millis(300)));
+    b.bus.spawn_consumer(spec("s", &["test.*"]), rec.clone(), stop.clone()).await.expect("c");
+    let ev = event(1, "a");
+    b.bus.publish(std::slice::from_ref(&ev)).await.expect("publish");
+    until("the handler to start", Duration::from_secs(10), async || rec.calls.load(Ordering::SeqCst) == 1).await;
+    // Another worker (after a lease expiry) finishes the same event first.
+    sqlx::query("INSERT INTO processed (subscription, event_id, processed_at) VALUES ('s', $1, 0)")
+        .bind(ev.event_id.to_string())
+        .execute(b.bus.pool())
+        .await
+        .expect("processed elsewhere");
+    until_idle(&b.bus, Duration::from_secs(10)).await;
+    assert!(effects(&b.bus, "s").await.is_empty(), "the loser's effects were rolled back");
+    let d = b.bus.deliveries_of(&[ev.event_id]).await.expect("d");
+    assert_eq!((d[0].state.as_str(), d[0].attempts), ("done", 1), "done, not retried nor dead");
+    // The write connection is usable after that rollback.
+    b.bus.publish(&[event(2, "a")]).await.expect("publish after");
+    until_idle(&b.bus, Duration::from_secs(10)).await;
+    assert_eq!(effects(&b.bus, "s").await.len(), 1);
     stop.cancel();
 }

@@ -111,7 +111,7 @@ async fn store_upload(
     let cancelled = tx.cancel_timer(&crate::api::uploads::expiry_timer(file_id)).await?;
     let moved = cancelled
         && files::transition(
-            tx.conn(),
+            tx.conn().await?,
             file_id,
             Status::Uploaded,
             &Changes { bytes: Some(written.bytes as i64), sha256: Some(&written.sha256), quarantine_key: Some(&key), ..Default::default() },

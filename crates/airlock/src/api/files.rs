@@ -133,7 +133,7 @@ pub async fn delete_file(
 ) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
     let f = load(&app, &tenant, &id).await?;
     let mut tx = app.bus.begin().await?;
-    if files::transition(tx.conn(), f.id, Status::Deleted, &Changes::default()).await? {
+    if files::transition(tx.conn().await?, f.id, Status::Deleted, &Changes::default()).await? {
         tx.cancel_timer(&crate::api::uploads::expiry_timer(f.id)).await?;
         tx.cancel_timer(&crate::pipeline::validation_timer(f.id)).await?;
         let root = EventContext::root(tenant.clone(), ctx.correlation_id.clone(), ctx.traceparent.clone());

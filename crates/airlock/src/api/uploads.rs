@@ -117,7 +117,7 @@ pub async fn create_upload(
 
     let mut tx = app.bus.begin().await?;
     files::insert(
-        tx.conn(),
+        tx.conn().await?,
         &NewFile {
             id: file_id,
             tenant: &tenant,

@@ -27,7 +27,7 @@ impl Handler for Cleanup {
                 objects += app.blobs.delete_prefix(&file_prefix(&file.tenant, file.id)).await.map_err(storage_error)?;
             }
             let tx = cx.tx().await?;
-            if expired && !files::transition(tx.conn(), file.id, Status::Expired, &Changes::default()).await? {
+            if expired && !files::transition(tx.conn().await?, file.id, Status::Expired, &Changes::default()).await? {
                 return Ok(());
             }
             let cause = if expired { "expired" } else { "deleted" };

@@ -45,9 +45,9 @@ impl Handler for Promote {
                 sha256: sha256.as_deref(),
                 ..Default::default()
             };
-            if !files::transition(tx.conn(), file.id, Status::Promoted, &changes).await? {
+            if !files::transition(tx.conn().await?, file.id, Status::Promoted, &changes).await? {
                 // Deleted (or timed out) while we moved the bytes: do not leave them behind.
-                if let Ok(Some(now)) = files::get(&mut *tx.conn(), file.id).await
+                if let Ok(Some(now)) = files::get(&mut *tx.conn().await?, file.id).await
                     && now.status == Status::Deleted
                 {
                     let _ = app.blobs.delete(&to).await;

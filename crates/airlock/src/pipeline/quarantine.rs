@@ -26,7 +26,7 @@ impl Handler for Quarantine {
             let scan = ev.payload.get("scan").cloned();
             let tx = cx.tx().await?;
             let changes = Changes { reason: Some((&reason, &detail)), detected_type: detected.as_deref(), scan: scan.as_ref(), ..Default::default() };
-            if !files::transition(tx.conn(), file.id, Status::Quarantined, &changes).await? {
+            if !files::transition(tx.conn().await?, file.id, Status::Quarantined, &changes).await? {
                 return Ok(());
             }
             let quarantined = ev.caused(

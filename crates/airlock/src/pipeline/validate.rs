@@ -183,7 +183,7 @@ impl Handler for Validate {
                     );
                     let timeout = started.caused("processing.timeout", 1, json!({"file_id": file.id, "stage": "validation"}));
                     let mut tx = app.bus.begin().await?;
-                    if !files::transition(tx.conn(), file.id, Status::Validating, &Changes::default()).await? {
+                    if !files::transition(tx.conn().await?, file.id, Status::Validating, &Changes::default()).await? {
                         tx.rollback().await?;
                         return Ok(());
                     }
@@ -228,7 +228,7 @@ impl Handler for Validate {
             };
             let tx = cx.tx().await?;
             if quick {
-                if !files::transition(tx.conn(), file.id, Status::Validating, &Changes::default()).await? {
+                if !files::transition(tx.conn().await?, file.id, Status::Validating, &Changes::default()).await? {
                     // Changed meanwhile (deleted): nothing to decide.
                     return Ok(());
                 }
