@@ -4,6 +4,8 @@
 Measures, in one run and on the filesystem that holds the server's data dir:
   1. raw disk write of BENCH_SIZE_MIB MiB in 1 MiB chunks (page cache, the baseline, since the
      server does not fsync; with fsync for reference), twice per round, keeping the faster;
+     and SHA-256 of the same bytes in memory on one core (OpenSSL through hashlib), the other
+     bound: a PUT hashes every byte on the way and one stream's SHA-256 cannot be split;
   2. one large streamed PUT of the same size through Airlock, MB/s and ratio to raw;
   3. the server's RSS before (VmRSS) and its peak (VmHWM) after that upload;
   4. BENCH_SMALL files of 100 KB uploaded by BENCH_WORKERS client threads (POST + PUT each):
@@ -298,6 +300,17 @@ def raw_disk(dir_, size_mib):
     return nbytes / (t1 - t0) / 1e6, nbytes / (t2 - t0) / 1e6
 
 
+def sha256_speed(size_mib):
+    """MB/s of SHA-256 over size_mib MiB in memory, on one core."""
+    import hashlib
+    h = hashlib.sha256()
+    mv = memoryview(BLOCK)
+    t0 = time.perf_counter()
+    for _ in range(size_mib):
+        h.update(mv)
+    return size_mib * MIB / (time.perf_counter() - t0) / 1e6
+
+
 def release_object(data_dir, file_id):
     """Writes back and drops the stored object's page cache (the bytes stay on disk)."""
     import glob
@@ -580,14 +593,15 @@ def main():
         # round therefore writes the raw file twice back to back and keeps the faster run
         # ("warm"); the PUT then starts right after the raw file is unlinked, so it too writes
         # into just-freed memory. The slowest raw run is shown as well ("cold").
-        raws, raw_all, puts = [], [], []
+        raws, raw_all, puts, shas = [], [], [], []
         for r in range(1, ROUNDS + 1):
+            shas.append(sha256_speed(min(SIZE_MIB, 1024)))
             pair = [raw_disk(server.data_dir, SIZE_MIB) for _ in range(2)]
             raw_all.extend(pair)
             raw_pc, raw_sync = max(pair)
             raws.append((raw_pc, raw_sync))
             log(f"   round {r}: raw (page cache) {pair[0][0]:.0f} / {pair[1][0]:.0f} MB/s, "
-                f"raw (incl. fsync) {pair[0][1]:.0f} / {pair[1][1]:.0f} MB/s")
+                f"raw (incl. fsync) {pair[0][1]:.0f} / {pair[1][1]:.0f} MB/s, SHA-256 one core {shas[-1]:.0f} MB/s")
             lg = large_put(server, SIZE_MIB)
             puts.append(lg)
             log(f"   round {r}: airlock PUT {lg['mbps']:.0f} MB/s in {lg['secs']:.2f} s (send {lg['send_secs']:.2f} s, "
@@ -597,6 +611,7 @@ def main():
                 f"client {lg['client_cpu']:.2f} s ({lg['client_cpu'] / lg['secs']:.2f} cores); "
                 f"VmHWM {lg['hwm_after_kib'] / 1024:.1f} MiB")
             release_object(server.data_dir, lg["file_id"])
+        sha = statistics.median(shas)
         raw_pc = statistics.median(x[0] for x in raws)
         raw_sync = statistics.median(x[1] for x in raws)
         put_mbps = statistics.median(x["mbps"] for x in puts)
@@ -608,6 +623,9 @@ def main():
         log(f"   median of rounds: raw (page cache, warm) {raw_pc:.0f} MB/s, raw (incl. fsync) {raw_sync:.0f} MB/s, "
             f"airlock PUT {put_mbps:.0f} MB/s = {put_mbps / raw_pc:.2f} of raw page cache "
             f"({put_mbps / raw_sync:.2f} of raw incl. fsync, {put_mbps / raw_cold:.2f} of the slowest raw run)")
+        bound = min(raw_pc, sha)
+        log(f"   SHA-256 on one core {sha:.0f} MB/s: the most a hashed stream can reach here is "
+            f"{bound:.0f} MB/s = {bound / raw_pc:.2f} of raw page cache; airlock PUT = {put_mbps / bound:.2f} of that bound")
         log(f"3. server memory: VmRSS before the first PUT {first['rss_before_kib'] / 1024:.1f} MiB "
             f"(VmHWM {first['hwm_before_kib'] / 1024:.1f}); VmHWM after the last {last['hwm_after_kib'] / 1024:.1f} MiB; "
             f"max sampled VmRSS {max(x['rss_sampled_max_kib'] for x in puts) / 1024:.1f} MiB; "
@@ -658,7 +676,8 @@ def main():
         log(f"summary ({SIZE_MIB} MiB; medians of {ROUNDS} round(s))")
         log(f"raw disk write:      {raw_pc:.0f} MB/s   (page cache, warm; slowest run {raw_cold:.0f} MB/s; "
             f"{raw_sync:.0f} MB/s incl. fsync)")
-        log(f"airlock large PUT:   {put_mbps:.0f} MB/s  ({put_mbps / raw_pc:.2f} of raw)   "
+        log(f"sha-256, one core:   {sha:.0f} MB/s   (bounds a hashed stream: {min(raw_pc, sha) / raw_pc:.2f} of raw at most)")
+        log(f"airlock large PUT:   {put_mbps:.0f} MB/s  ({put_mbps / raw_pc:.2f} of raw, {put_mbps / min(raw_pc, sha):.2f} of the SHA-256 bound)   "
             f"peak RSS {last['hwm_after_kib'] / 1024:.0f} MiB (RSS before {first['rss_before_kib'] / 1024:.0f} MiB)")
         log(f"small files ({SMALL_BYTES // 1000}KB): {sm['accepted_per_s']:.0f} accepted/s, "
             f"{sm['promoted_per_s']:.0f} promoted/s"

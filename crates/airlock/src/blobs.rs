@@ -14,8 +14,10 @@ use uuid::Uuid;
 
 /// Parts written to the store at once while streaming an upload; with [`CHUNK`] this bounds
 /// the memory one upload holds to about `CHUNK * (IN_FLIGHT + 1)`.
-const IN_FLIGHT: usize = 2;
-const CHUNK: usize = 8 << 20;
+const IN_FLIGHT: usize = 3;
+const CHUNK: usize = 4 << 20;
+/// Bytes handed to the hashing thread at once.
+const HASH_BATCH: usize = 1 << 20;
 /// Bytes per ranged read when streaming an object out.
 const READ_CHUNK: u64 = 1 << 20;
 
@@ -98,14 +100,20 @@ impl Blobs {
         let mut writer = WriteMultipart::new_with_chunk_size(upload, CHUNK);
         // SHA-256 runs on its own thread, beside the writes: hashing on the receiving task
         // would serialise the two and halve throughput on large uploads.
-        let (to_hasher, mut chunks) = tokio::sync::mpsc::channel::<Bytes>(64);
+        // Chunks go over in batches of about HASH_BATCH bytes: hyper yields tens of kilobytes
+        // at a time, and a channel hop (with a thread wake-up) per chunk costs more than hashing it.
+        let (to_hasher, mut batches) = tokio::sync::mpsc::channel::<Vec<Bytes>>(8);
         let hasher = tokio::task::spawn_blocking(move || {
             let mut h = Sha256::new();
-            while let Some(c) = chunks.blocking_recv() {
-                h.update(&c);
+            while let Some(batch) = batches.blocking_recv() {
+                for c in batch {
+                    h.update(&c);
+                }
             }
             hex::encode(h.finalize())
         });
+        let mut pending: Vec<Bytes> = Vec::new();
+        let mut pending_bytes = 0usize;
         let mut total: u64 = 0;
         let mut body = body;
         let outcome: Result<(), WriteError> = async {
@@ -116,9 +124,17 @@ impl Blobs {
                 if total > limit {
                     return Err(WriteError::TooLarge { limit });
                 }
-                to_hasher.send(chunk.clone()).await.map_err(|_| WriteError::Body("the hasher stopped".into()))?;
+                pending_bytes += chunk.len();
+                pending.push(chunk.clone());
+                if pending_bytes >= HASH_BATCH {
+                    pending_bytes = 0;
+                    to_hasher.send(std::mem::take(&mut pending)).await.map_err(|_| WriteError::Body("the hasher stopped".into()))?;
+                }
                 writer.wait_for_capacity(IN_FLIGHT).await?;
                 writer.put(chunk);
+            }
+            if !pending.is_empty() {
+                to_hasher.send(pending).await.map_err(|_| WriteError::Body("the hasher stopped".into()))?;
             }
             Ok(())
         }

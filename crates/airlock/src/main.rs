@@ -112,7 +112,25 @@ fn init_tracing(settings: &Settings) {
     }
 }
 
+/// glibc hands blocks of 128 KiB and up back to the kernel when they are freed (and only raises
+/// that threshold slowly), so the buffers of a streamed upload come back as fresh pages to fault
+/// in and zero, over and over: a quarter of the CPU of a large PUT. Blocks up to 32 MiB stay in
+/// the heap for reuse instead; the server's peak memory in use bounds what is retained.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn tune_allocator() {
+    // SAFETY: mallopt only sets allocator parameters; it runs before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 128 << 20);
+        libc::mallopt(libc::M_TOP_PAD, 16 << 20);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn tune_allocator() {}
+
 fn main() -> ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     // One TLS crypto provider for every client (webhooks): ring.
     let _ = rustls::crypto::ring::default_provider().install_default();
