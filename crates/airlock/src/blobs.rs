@@ -12,12 +12,15 @@ use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-/// Parts written to the store at once while streaming an upload; with [`CHUNK`] this bounds
-/// the memory one upload holds to about `CHUNK * (IN_FLIGHT + 1)`.
-const IN_FLIGHT: usize = 3;
+/// Part size of multipart uploads to stores other than local files.
 const CHUNK: usize = 4 << 20;
-/// Bytes handed to the hashing thread at once.
-const HASH_BATCH: usize = 1 << 20;
+/// Bytes handed to the hashing thread and the writer at once.
+const BATCH: usize = 1 << 20;
+/// Batches queued for the hasher, and for the writer, at most: with [`BATCH`] this bounds the
+/// memory one upload holds to a few MiB (a multipart store holds up to three parts beside).
+const IN_FLIGHT_BATCHES: usize = 4;
+/// Parts a multipart store writes at once.
+const IN_FLIGHT_PARTS: usize = 3;
 /// Bytes per ranged read when streaming an object out.
 const READ_CHUNK: u64 = 1 << 20;
 
@@ -25,6 +28,9 @@ const READ_CHUNK: u64 = 1 << 20;
 #[derive(Clone)]
 pub struct Blobs {
     store: Arc<dyn ObjectStore>,
+    /// The same store when it is local files: uploads are then written by [`local::FileSink`]
+    /// (writeback started while streaming, `fdatasync` before the upload is acknowledged).
+    local: Option<Arc<object_store::local::LocalFileSystem>>,
     description: String,
 }
 
@@ -39,6 +45,8 @@ pub enum WriteError {
     Idle(std::time::Duration),
     #[error("object store: {0}")]
     Store(#[from] object_store::Error),
+    #[error("writing the object: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 /// What a streamed write stored.
@@ -73,11 +81,17 @@ impl Blobs {
     pub fn from_url(url: &str) -> Result<Blobs, String> {
         if let Some(dir) = url.strip_prefix("file://") {
             std::fs::create_dir_all(dir).map_err(|e| format!("creating {dir}: {e}"))?;
-            let store = object_store::local::LocalFileSystem::new_with_prefix(dir).map_err(|e| format!("{dir}: {e}"))?.with_automatic_cleanup(true);
-            return Ok(Blobs { store: Arc::new(store), description: format!("local files at {dir}") });
+            // fsync: derived objects (cleaned copies) and renames are durable like uploads.
+            let store = Arc::new(
+                object_store::local::LocalFileSystem::new_with_prefix(dir)
+                    .map_err(|e| format!("{dir}: {e}"))?
+                    .with_automatic_cleanup(true)
+                    .with_fsync(true),
+            );
+            return Ok(Blobs { store: store.clone(), local: Some(store), description: format!("local files at {dir}") });
         }
         if url.starts_with("memory://") {
-            return Ok(Blobs { store: Arc::new(object_store::memory::InMemory::new()), description: "memory".into() });
+            return Ok(Blobs { store: Arc::new(object_store::memory::InMemory::new()), local: None, description: "memory".into() });
         }
         Err(format!("storage URL `{url}`: only file:// is supported in this build (S3 is planned behind the same interface)"))
     }
@@ -87,7 +101,9 @@ impl Blobs {
     }
 
     /// Streams `body` to `key`, failing as soon as more than `limit` bytes arrived (the
-    /// partial object is removed). Never holds more than a few chunks in memory.
+    /// partial object is removed). Never holds more than a few batches in memory. When this
+    /// returns `Ok`, the bytes are durable: on local files they were `fdatasync`ed (with the
+    /// new directory entries) before; other stores are durable once their upload completes.
     ///
     /// # Errors
     /// [`WriteError`].
@@ -96,13 +112,15 @@ impl Blobs {
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        let upload = self.store.put_multipart(&Path::from(key)).await?;
-        let mut writer = WriteMultipart::new_with_chunk_size(upload, CHUNK);
+        let mut sink = match &self.local {
+            Some(local) => Sink::File(local::FileSink::create(local.path_to_filesystem(&Path::from(key))?).await?),
+            None => Sink::Store(WriteMultipart::new_with_chunk_size(self.store.put_multipart(&Path::from(key)).await?, CHUNK)),
+        };
         // SHA-256 runs on its own thread, beside the writes: hashing on the receiving task
         // would serialise the two and halve throughput on large uploads.
-        // Chunks go over in batches of about HASH_BATCH bytes: hyper yields tens of kilobytes
-        // at a time, and a channel hop (with a thread wake-up) per chunk costs more than hashing it.
-        let (to_hasher, mut batches) = tokio::sync::mpsc::channel::<Vec<Bytes>>(8);
+        // Chunks go over in batches of about BATCH bytes: hyper yields tens of kilobytes at a
+        // time, and a channel hop (with a thread wake-up) per chunk costs more than hashing it.
+        let (to_hasher, mut batches) = tokio::sync::mpsc::channel::<Vec<Bytes>>(IN_FLIGHT_BATCHES);
         let hasher = tokio::task::spawn_blocking(move || {
             let mut h = Sha256::new();
             while let Some(batch) = batches.blocking_recv() {
@@ -125,16 +143,17 @@ impl Blobs {
                     return Err(WriteError::TooLarge { limit });
                 }
                 pending_bytes += chunk.len();
-                pending.push(chunk.clone());
-                if pending_bytes >= HASH_BATCH {
+                pending.push(chunk);
+                if pending_bytes >= BATCH {
                     pending_bytes = 0;
-                    to_hasher.send(std::mem::take(&mut pending)).await.map_err(|_| WriteError::Body("the hasher stopped".into()))?;
+                    let batch = std::mem::take(&mut pending);
+                    to_hasher.send(batch.clone()).await.map_err(|_| WriteError::Body("the hasher stopped".into()))?;
+                    sink.write(batch).await?;
                 }
-                writer.wait_for_capacity(IN_FLIGHT).await?;
-                writer.put(chunk);
             }
             if !pending.is_empty() {
-                to_hasher.send(pending).await.map_err(|_| WriteError::Body("the hasher stopped".into()))?;
+                to_hasher.send(pending.clone()).await.map_err(|_| WriteError::Body("the hasher stopped".into()))?;
+                sink.write(std::mem::take(&mut pending)).await?;
             }
             Ok(())
         }
@@ -142,14 +161,12 @@ impl Blobs {
         drop(to_hasher);
         match outcome {
             Ok(()) => {
-                writer.finish().await?;
+                sink.finish().await?;
                 let sha256 = hasher.await.map_err(|e| WriteError::Body(format!("hashing failed: {e}")))?;
                 Ok(Written { bytes: total, sha256 })
             }
             Err(e) => {
-                if let Err(abort) = writer.abort().await {
-                    tracing::warn!(key, error = %abort, "Aborting a partial upload failed.");
-                }
+                sink.abort(key).await;
                 Err(e)
             }
         }
@@ -283,6 +300,195 @@ impl Blobs {
         let key = Path::from("_probe/ready");
         self.store.put(&key, Bytes::from_static(b"ok").into()).await?;
         self.store.head(&key).await?;
+        Ok(())
+    }
+}
+
+/// Where a streamed upload goes.
+enum Sink {
+    Store(WriteMultipart),
+    File(local::FileSink),
+}
+
+impl Sink {
+    async fn write(&mut self, batch: Vec<Bytes>) -> Result<(), WriteError> {
+        match self {
+            Sink::Store(w) => {
+                for chunk in batch {
+                    w.wait_for_capacity(IN_FLIGHT_PARTS).await?;
+                    w.put(chunk);
+                }
+                Ok(())
+            }
+            Sink::File(f) => f.write(batch).await,
+        }
+    }
+
+    async fn finish(self) -> Result<(), WriteError> {
+        match self {
+            Sink::Store(w) => {
+                w.finish().await?;
+                Ok(())
+            }
+            Sink::File(f) => f.finish().await,
+        }
+    }
+
+    async fn abort(self, key: &str) {
+        let res = match self {
+            Sink::Store(w) => w.abort().await.map_err(|e| e.to_string()),
+            Sink::File(f) => f.abort().await.map_err(|e| e.to_string()),
+        };
+        if let Err(error) = res {
+            tracing::warn!(key, %error, "Removing a partial upload failed.");
+        }
+    }
+}
+
+/// Streamed writes to local files, durable when they return.
+mod local {
+    use std::fs::File;
+    use std::io::{IoSlice, Write};
+    use std::path::{Path, PathBuf};
+
+    use bytes::Bytes;
+    use tokio::sync::mpsc;
+    use tokio::task::JoinHandle;
+
+    use super::{IN_FLIGHT_BATCHES, WriteError};
+
+    /// Writeback of written bytes is started every this many bytes (and waited for one step
+    /// later), so dirty pages stay bounded and the final `fdatasync` has little left to do.
+    const WRITEBACK_STEP: u64 = 8 << 20;
+
+    /// A file being written by its own blocking thread, fed batches over a bounded channel.
+    /// The object is written at its final path (keys are unique per attempt and no record
+    /// names it before the write is durable); a failed write removes it.
+    pub(super) struct FileSink {
+        path: PathBuf,
+        to_writer: Option<mpsc::Sender<Vec<Bytes>>>,
+        writer: Option<JoinHandle<std::io::Result<File>>>,
+    }
+
+    impl FileSink {
+        pub(super) async fn create(path: PathBuf) -> Result<FileSink, WriteError> {
+            let p = path.clone();
+            let file = tokio::task::spawn_blocking(move || -> std::io::Result<File> {
+                if let Some(dir) = p.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                File::create_new(&p)
+            })
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))??;
+            let (to_writer, batches) = mpsc::channel(IN_FLIGHT_BATCHES);
+            let writer = tokio::task::spawn_blocking(move || write_batches(file, batches));
+            Ok(FileSink { path, to_writer: Some(to_writer), writer: Some(writer) })
+        }
+
+        pub(super) async fn write(&mut self, batch: Vec<Bytes>) -> Result<(), WriteError> {
+            let sent = match &self.to_writer {
+                Some(tx) => tx.send(batch).await.is_ok(),
+                None => false,
+            };
+            if sent {
+                return Ok(());
+            }
+            // The writer stopped: its error says why.
+            self.to_writer = None;
+            match self.writer.take() {
+                Some(w) => match w.await {
+                    Ok(Err(e)) => Err(e.into()),
+                    _ => Err(std::io::Error::other("the writer thread stopped").into()),
+                },
+                None => Err(std::io::Error::other("the writer thread stopped").into()),
+            }
+        }
+
+        /// Waits for the writer, then makes the file and its new directory entries durable.
+        pub(super) async fn finish(mut self) -> Result<(), WriteError> {
+            self.to_writer = None;
+            let writer = self.writer.take().ok_or_else(|| std::io::Error::other("the writer thread stopped"))?;
+            let file = writer.await.map_err(|e| std::io::Error::other(e.to_string()))??;
+            let path = self.path.clone();
+            tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                file.sync_data()?;
+                drop(file);
+                sync_parents(&path)
+            })
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))??;
+            Ok(())
+        }
+
+        pub(super) async fn abort(mut self) -> std::io::Result<()> {
+            self.to_writer = None;
+            if let Some(w) = self.writer.take() {
+                let _ = w.await;
+            }
+            match tokio::fs::remove_file(&self.path).await {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            }
+        }
+    }
+
+    /// The writer thread: one `writev` per batch, writeback started as it goes.
+    fn write_batches(mut file: File, mut batches: mpsc::Receiver<Vec<Bytes>>) -> std::io::Result<File> {
+        let mut written: u64 = 0;
+        let mut kicked: u64 = 0;
+        let mut waited: u64 = 0;
+        while let Some(batch) = batches.blocking_recv() {
+            let mut slices: Vec<IoSlice<'_>> = batch.iter().map(|b| IoSlice::new(b)).collect();
+            let mut rest = &mut slices[..];
+            while !rest.is_empty() {
+                let n = file.write_vectored(rest)?;
+                if n == 0 {
+                    return Err(std::io::ErrorKind::WriteZero.into());
+                }
+                written += n as u64;
+                IoSlice::advance_slices(&mut rest, n);
+            }
+            if written - kicked >= WRITEBACK_STEP {
+                // Wait for the step before the last to reach the disk, then start the last.
+                if kicked > waited {
+                    writeback(&file, waited, kicked - waited, true);
+                    waited = kicked;
+                }
+                writeback(&file, kicked, written - kicked, false);
+                kicked = written;
+            }
+        }
+        Ok(file)
+    }
+
+    /// Starts (and with `wait`, waits for) writeback of a byte range: `sync_file_range`, a
+    /// hint about I/O scheduling only; durability comes from `fdatasync` at the end.
+    #[cfg(target_os = "linux")]
+    fn writeback(file: &File, offset: u64, len: u64, wait: bool) {
+        use std::os::fd::AsRawFd;
+        let flags = if wait {
+            libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER
+        } else {
+            libc::SYNC_FILE_RANGE_WRITE
+        };
+        let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else { return };
+        // SAFETY: a plain syscall on a file descriptor this function borrows; no memory is shared.
+        let _ = unsafe { libc::sync_file_range(file.as_raw_fd(), offset, len, flags) };
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn writeback(_file: &File, _offset: u64, _len: u64, _wait: bool) {}
+
+    /// fsyncs the directories a new object's entries may have been created in (keys are
+    /// `<area>/<tenant>/<file_id>/<name>`: the three levels above the file).
+    fn sync_parents(path: &Path) -> std::io::Result<()> {
+        let mut dir = path.parent();
+        for _ in 0..3 {
+            let Some(d) = dir else { break };
+            File::open(d)?.sync_all()?;
+            dir = d.parent();
+        }
         Ok(())
     }
 }

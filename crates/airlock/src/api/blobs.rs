@@ -105,6 +105,11 @@ async fn store_upload(
             return Err(ApiError::bad_request("body_incomplete", format!("the request body ended early: {e}")));
         }
         Err(WriteError::Store(e)) => return Err(e.into()),
+        Err(WriteError::Io(e)) if e.kind() == std::io::ErrorKind::StorageFull => {
+            tracing::error!(%file_id, "The object store is full; an upload was refused.");
+            return Err(ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "storage_full", "the server has no room for this upload; retry later"));
+        }
+        Err(WriteError::Io(e)) => return Err(ApiError::internal(format!("storing the upload: {e}"))),
     };
 
     let mut tx = app.bus.begin().await?;
