@@ -280,6 +280,29 @@ impl Blobs {
         Ok(n)
     }
 
+    /// Removes everything under `prefix`, and on local files the prefix's directory itself
+    /// (deleting objects one by one would leave it behind, empty). Idempotent.
+    ///
+    /// # Errors
+    /// Store failures.
+    pub async fn remove_prefix(&self, prefix: &str) -> Result<(), object_store::Error> {
+        let Some(local) = &self.local else {
+            self.delete_prefix(prefix).await?;
+            return Ok(());
+        };
+        let dir = local.path_to_filesystem(&Path::from(prefix))?;
+        let removed = tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        })
+        .await;
+        match removed {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(object_store::Error::Generic { store: "local", source: Box::new(e) }),
+            Err(e) => Err(object_store::Error::Generic { store: "local", source: Box::new(e) }),
+        }
+    }
+
     /// Deletes one object; a missing one is not an error.
     ///
     /// # Errors
@@ -503,7 +526,13 @@ mod local {
         let mut dir = path.parent();
         for _ in 0..3 {
             let Some(d) = dir else { break };
-            File::open(d)?.sync_all()?;
+            match File::open(d) {
+                Ok(f) => f.sync_all()?,
+                // Removed meanwhile (the upload expired while it streamed and its cleanup ran):
+                // the caller finds out from the file's state and refuses the upload.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
             dir = d.parent();
         }
         Ok(())

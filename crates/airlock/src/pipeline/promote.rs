@@ -6,7 +6,7 @@ use serde_json::json;
 
 use super::{file_of, storage_error};
 use crate::app::App;
-use crate::blobs::original_key;
+use crate::blobs::{original_key, quarantine_prefix};
 use crate::files::{self, Changes, Status};
 
 pub struct Promote(pub App);
@@ -31,10 +31,10 @@ impl Handler for Promote {
             let bytes = ev.payload.get("bytes").and_then(serde_json::Value::as_i64).or(file.bytes);
             let sha256 = ev.payload_str("sha256").map(str::to_owned).or(file.sha256.clone());
             app.blobs.rename(&source, &to).await.map_err(storage_error)?;
-            if source != *from {
-                // The cleaned copy is promoted: the original, with its metadata, must not stay.
-                app.blobs.delete(from).await.map_err(storage_error)?;
-            }
+            // Nothing of this file stays in quarantine: not the original when its cleaned copy
+            // was promoted (its metadata must not stay), nor the partial bytes of an attempt
+            // cut off by a crash, nor the file's quarantine directory.
+            app.blobs.remove_prefix(&quarantine_prefix(&file.tenant, file.id)).await.map_err(storage_error)?;
             let scan = ev.payload.get("scan").cloned().unwrap_or_else(|| json!({"engine": "none", "result": "skipped"}));
             let tx = cx.tx().await?;
             let changes = Changes {

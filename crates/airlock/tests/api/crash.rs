@@ -71,3 +71,29 @@ async fn an_expiry_timer_armed_before_a_kill_still_fires_after_the_restart() {
     app.wait_for_status_within(&id, &["expired"], AFTER_CRASH).await;
     app.wait_for_event(&id, "cleanup.initiated").await;
 }
+
+#[tokio::test]
+async fn an_upload_cut_off_by_a_kill_can_be_sent_again_and_leaves_nothing_in_quarantine() {
+    let mut app = TestApp::spawn().await;
+    let created = app.create_upload_ok(json!({"kind": "default", "filename": "cut.png"})).await;
+    let id = file_id(&created);
+    let bytes = png(b"sent twice");
+    let url = created["upload"]["url"].as_str().expect("url").to_owned();
+    let _conn = crate::helpers::start_chunked_put(&app, &url, &bytes[..16]).await;
+    // The first attempt's object exists (its bytes are still arriving) when the server dies.
+    let quarantine = format!("quarantine/default/{id}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while app.stored_objects(&quarantine).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the streamed upload never reached the store");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    app.restart().await;
+
+    let res = app.put_bytes(&created, bytes.clone()).await;
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap_or_default());
+    let f = app.wait_for_status_within(&id, &["promoted", "quarantined"], AFTER_CRASH).await;
+    assert_eq!(f["status"], "promoted", "{f}");
+    assert_eq!(app.download(&id).await, bytes);
+    // Neither the cut-off attempt's bytes nor the file's quarantine directory outlive the promotion.
+    assert!(!app.data_dir().join("objects").join(&quarantine).exists(), "{:?}", app.stored_objects(&quarantine));
+}

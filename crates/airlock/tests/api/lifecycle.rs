@@ -91,6 +91,7 @@ async fn deleting_a_promoted_file_removes_its_bytes_and_records_the_cleanup() {
     app.wait_for_status(&id, &["promoted"]).await;
     let old_url = app.download_url(&id).await;
     assert_eq!(app.stored_objects(&format!("files/default/{id}")).len(), 1, "a promoted file is stored under files/<tenant>/<id>");
+    assert!(!app.data_dir().join(format!("objects/quarantine/default/{id}")).exists(), "the file's quarantine directory outlived its promotion");
 
     let res = app
         .client
