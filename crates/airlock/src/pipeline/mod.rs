@@ -45,7 +45,7 @@ pub async fn start(app: &App, shutdown: CancellationToken) -> anyhow::Result<Vec
     let subs: Vec<Subscriber> = vec![
         ("pipeline.validate", &["file.uploaded.v1"], 8, Arc::new(validate::Validate(app.clone()))),
         ("pipeline.timeout", &["processing.timeout.v1"], 2, Arc::new(validate::Timeout(app.clone()))),
-        ("pipeline.promote", &["validation.passed.v1"], 4, Arc::new(promote::Promote(app.clone()))),
+        ("pipeline.promote", &["validation.passed.v1"], 8, Arc::new(promote::Promote(app.clone()))),
         ("pipeline.quarantine", &["validation.failed.v1"], 2, Arc::new(quarantine::Quarantine(app.clone()))),
         ("pipeline.cleanup", &["upload.expired.v1", "file.deleted.v1"], 2, Arc::new(cleanup::Cleanup(app.clone()))),
     ];
