@@ -395,6 +395,28 @@ mod local {
         path: PathBuf,
         to_writer: Option<mpsc::Sender<Vec<Bytes>>>,
         writer: Option<JoinHandle<std::io::Result<File>>>,
+        /// Finished (durable) or already removed: nothing for `Drop` to clean up.
+        settled: bool,
+    }
+
+    impl Drop for FileSink {
+        /// A sink dropped unsettled belongs to a request that went away mid-body (its future
+        /// was dropped): its partial object is removed, off the async threads.
+        fn drop(&mut self) {
+            if self.settled {
+                return;
+            }
+            let path = std::mem::take(&mut self.path);
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn_blocking(move || {
+                    if let Err(e) = std::fs::remove_file(&path)
+                        && e.kind() != std::io::ErrorKind::NotFound
+                    {
+                        tracing::warn!(error = %e, "Removing the partial object of an abandoned upload failed.");
+                    }
+                });
+            }
+        }
     }
 
     impl FileSink {
@@ -410,7 +432,7 @@ mod local {
             .map_err(|e| std::io::Error::other(e.to_string()))??;
             let (to_writer, batches) = mpsc::channel(IN_FLIGHT_BATCHES);
             let writer = tokio::task::spawn_blocking(move || write_batches(file, batches));
-            Ok(FileSink { path, to_writer: Some(to_writer), writer: Some(writer) })
+            Ok(FileSink { path, to_writer: Some(to_writer), writer: Some(writer), settled: false })
         }
 
         pub(super) async fn write(&mut self, batch: Vec<Bytes>) -> Result<(), WriteError> {
@@ -445,6 +467,7 @@ mod local {
             })
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))??;
+            self.settled = true;
             Ok(())
         }
 
@@ -453,6 +476,7 @@ mod local {
             if let Some(w) = self.writer.take() {
                 let _ = w.await;
             }
+            self.settled = true;
             match tokio::fs::remove_file(&self.path).await {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
                 _ => Ok(()),
@@ -536,5 +560,93 @@ mod local {
             dir = d.parent();
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    const IDLE: Duration = Duration::from_secs(5);
+
+    /// A body of `n` chunks of `size` bytes (distinct per chunk).
+    fn body(n: usize, size: usize) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Unpin {
+        futures::stream::iter((0..n).map(move |i| Ok(Bytes::from(vec![(i % 251) as u8; size]))))
+    }
+
+    fn expected(n: usize, size: usize) -> (Vec<u8>, String) {
+        let all: Vec<u8> = (0..n).flat_map(|i| vec![(i % 251) as u8; size]).collect();
+        let sha = hex::encode(Sha256::digest(&all));
+        (all, sha)
+    }
+
+    async fn stores() -> Vec<(Blobs, Option<tempfile::TempDir>)> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let local = Blobs::from_url(&format!("file://{}", dir.path().display())).expect("local store");
+        vec![(local, Some(dir)), (Blobs::from_url("memory://").expect("memory store"), None)]
+    }
+
+    #[tokio::test]
+    async fn a_streamed_write_stores_every_byte_and_hashes_them() {
+        for (blobs, _dir) in stores().await {
+            // 20 MiB in 300 KiB chunks: several batches and writeback steps, and a last partial batch.
+            let (n, size) = (70, 300 << 10);
+            let w = blobs.write_stream("quarantine/t/f/a", body(n, size), u64::MAX, IDLE).await.expect("write");
+            let (all, sha) = expected(n, size);
+            assert_eq!(w.bytes, all.len() as u64, "{}", blobs.describe());
+            assert_eq!(w.sha256, sha, "{}", blobs.describe());
+            let stored = blobs.read_all("quarantine/t/f/a", u64::MAX).await.expect("read").expect("object");
+            assert!(stored == all, "{}: stored bytes differ", blobs.describe());
+        }
+    }
+
+    #[tokio::test]
+    async fn an_empty_body_is_an_empty_object() {
+        for (blobs, _dir) in stores().await {
+            let w = blobs.write_stream("quarantine/t/f/empty", body(0, 0), 10, IDLE).await.expect("write");
+            assert_eq!((w.bytes, w.sha256.as_str()), (0, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"));
+            assert_eq!(blobs.size("quarantine/t/f/empty").await.expect("head"), Some(0), "{}", blobs.describe());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_write_over_its_limit_fails_and_leaves_nothing() {
+        for (blobs, dir) in stores().await {
+            let res = blobs.write_stream("quarantine/t/f/big", body(10, 1 << 20), (5 << 20) + 1, IDLE).await;
+            assert!(matches!(res, Err(WriteError::TooLarge { .. })), "{}: {res:?}", blobs.describe());
+            assert_eq!(blobs.size("quarantine/t/f/big").await.expect("head"), None, "{}", blobs.describe());
+            if let Some(dir) = dir {
+                assert!(!dir.path().join("quarantine/t/f/big").exists());
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_that_fails_midway_leaves_nothing() {
+        for (blobs, _dir) in stores().await {
+            let chunks = vec![Ok(Bytes::from(vec![1u8; 3 << 20])), Err(std::io::Error::other("connection reset"))];
+            let res = blobs.write_stream("quarantine/t/f/cut", futures::stream::iter(chunks), u64::MAX, IDLE).await;
+            assert!(matches!(res, Err(WriteError::Body(_))), "{}: {res:?}", blobs.describe());
+            assert_eq!(blobs.size("quarantine/t/f/cut").await.expect("head"), None, "{}", blobs.describe());
+        }
+    }
+
+    #[tokio::test]
+    async fn remove_prefix_takes_the_objects_and_their_directory() {
+        for (blobs, dir) in stores().await {
+            blobs.put("quarantine/t/f/a", Bytes::from_static(b"a")).await.expect("put");
+            blobs.put("quarantine/t/f/a.clean", Bytes::from_static(b"b")).await.expect("put");
+            blobs.put("quarantine/t/g/a", Bytes::from_static(b"c")).await.expect("put");
+            blobs.remove_prefix("quarantine/t/f").await.expect("remove");
+            blobs.remove_prefix("quarantine/t/f").await.expect("removing twice is fine");
+            assert_eq!(blobs.size("quarantine/t/f/a").await.expect("head"), None);
+            assert_eq!(blobs.size("quarantine/t/f/a.clean").await.expect("head"), None);
+            assert_eq!(blobs.size("quarantine/t/g/a").await.expect("head"), Some(1), "a neighbour was removed");
+            if let Some(dir) = dir {
+                assert!(!dir.path().join("quarantine/t/f").exists(), "the directory stayed");
+            }
+        }
     }
 }

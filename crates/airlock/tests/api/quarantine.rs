@@ -234,3 +234,29 @@ async fn quarantined_files_are_listed_with_their_status() {
     let ids: Vec<&str> = list["items"].as_array().expect("items").iter().map(|f| f["file_id"].as_str().unwrap_or_default()).collect();
     assert_eq!(ids, [bad.as_str()]);
 }
+
+#[tokio::test]
+async fn a_client_that_disconnects_mid_body_leaves_no_bytes_behind() {
+    let app = TestApp::spawn().await;
+    let created = app.create_upload_ok(serde_json::json!({"kind": "default", "filename": "gone.png"})).await;
+    let id = file_id(&created);
+    let url = created["upload"]["url"].as_str().expect("url").to_owned();
+    let bytes = png(b"half a body");
+    let conn = crate::helpers::start_chunked_put(&app, &url, &bytes[..16]).await;
+    let quarantine = format!("quarantine/default/{id}");
+    let deadline = std::time::Instant::now() + crate::helpers::DEADLINE;
+    while app.stored_objects(&quarantine).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the streamed upload never reached the store");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    drop(conn);
+    while !app.stored_objects(&quarantine).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the partial object outlived its request: {:?}", app.stored_objects(&quarantine));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // The upload is still pending and can be sent again in full.
+    assert_eq!(app.file(&id).await["status"], "pending");
+    let res = app.put_bytes(&created, bytes.clone()).await;
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap_or_default());
+    assert_eq!(app.wait_for_status(&id, &["promoted"]).await["status"], "promoted");
+}
