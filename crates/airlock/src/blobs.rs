@@ -544,6 +544,23 @@ mod local {
     #[cfg(not(target_os = "linux"))]
     fn drop_cached(_file: &File, _offset: u64, _len: u64) {}
 
+    #[cfg(all(test, target_os = "linux"))]
+    mod tests {
+        use super::*;
+
+        #[tokio::test]
+        async fn a_full_disk_is_reported_as_storage_full() {
+            let full = std::fs::OpenOptions::new().write(true).open("/dev/full").expect("/dev/full");
+            let (tx, rx) = mpsc::channel(1);
+            let writer = tokio::task::spawn_blocking(move || write_batches(full, rx));
+            // The writer may stop before taking the batch; its error is what counts.
+            let _ = tx.send(vec![Bytes::from(vec![0u8; 4096])]).await;
+            drop(tx);
+            let err = writer.await.expect("writer thread").expect_err("a write to /dev/full succeeded");
+            assert_eq!(err.kind(), std::io::ErrorKind::StorageFull, "{err}");
+        }
+    }
+
     /// fsyncs the directories a new object's entries may have been created in (keys are
     /// `<area>/<tenant>/<file_id>/<name>`: the three levels above the file).
     fn sync_parents(path: &Path) -> std::io::Result<()> {
