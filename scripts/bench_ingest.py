@@ -450,6 +450,21 @@ def pct(xs, p):
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
 
+def index_claimer(n):
+    """A thread-safe source of the indices 0..n-1: each call returns the next, or None."""
+    lock = threading.Lock()
+    next_idx = [0]
+
+    def claim():
+        with lock:
+            i = next_idx[0]
+            if i >= n:
+                return None
+            next_idx[0] += 1
+            return i
+    return claim
+
+
 def raw_small(dir_, n, size, workers):
     """The raw baseline of many small files: `workers` threads write n files of `size` bytes
     to the disk, each made durable like an upload (write, fdatasync, fsync of its new
@@ -457,18 +472,12 @@ def raw_small(dir_, n, size, workers):
     root = os.path.join(dir_, "raw-small")
     os.makedirs(root, exist_ok=True)
     body = BLOCK[:size]
-    lock = threading.Lock()
-    next_idx = [0]
+    claim = index_claimer(n)
     start = threading.Event()
 
     def worker():
         start.wait()
-        while True:
-            with lock:
-                i = next_idx[0]
-                if i >= n:
-                    return
-                next_idx[0] += 1
+        while (i := claim()) is not None:
             d = os.path.join(root, str(i))
             os.mkdir(d)
             fd = os.open(os.path.join(d, "f"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -496,7 +505,7 @@ def raw_small(dir_, n, size, workers):
 def small_files(server, n, size, workers):
     body_base = BLOCK[:size]
     lock = threading.Lock()
-    next_idx = [0]
+    claim = index_claimer(n)
     file_ids = [None] * n
     post_lat, put_lat, accepted_at = [], [], []
     errors = []
@@ -507,12 +516,7 @@ def small_files(server, n, size, workers):
         # open the keep-alive connection before the clock starts
         c._connect()
         start.wait()
-        while True:
-            with lock:
-                i = next_idx[0]
-                if i >= n:
-                    break
-                next_idx[0] += 1
+        while (i := claim()) is not None:
             try:
                 body = i.to_bytes(8, "big") + body_base[8:]  # distinct content per file
                 a = time.perf_counter()

@@ -291,16 +291,9 @@ impl Blobs {
             return Ok(());
         };
         let dir = local.path_to_filesystem(&Path::from(prefix))?;
-        let removed = tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        })
-        .await;
-        match removed {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(object_store::Error::Generic { store: "local", source: Box::new(e) }),
-            Err(e) => Err(object_store::Error::Generic { store: "local", source: Box::new(e) }),
-        }
+        local::blocking(move || local::gone_is_fine(std::fs::remove_dir_all(&dir)))
+            .await
+            .map_err(|e| object_store::Error::Generic { store: "local", source: Box::new(e) })
     }
 
     /// Deletes one object; a missing one is not an error.
@@ -409,9 +402,7 @@ mod local {
             let path = std::mem::take(&mut self.path);
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 rt.spawn_blocking(move || {
-                    if let Err(e) = std::fs::remove_file(&path)
-                        && e.kind() != std::io::ErrorKind::NotFound
-                    {
+                    if let Err(e) = gone_is_fine(std::fs::remove_file(&path)) {
                         tracing::warn!(error = %e, "Removing the partial object of an abandoned upload failed.");
                     }
                 });
@@ -422,65 +413,68 @@ mod local {
     impl FileSink {
         pub(super) async fn create(path: PathBuf) -> Result<FileSink, WriteError> {
             let p = path.clone();
-            let file = tokio::task::spawn_blocking(move || -> std::io::Result<File> {
+            let file = blocking(move || {
                 if let Some(dir) = p.parent() {
                     std::fs::create_dir_all(dir)?;
                 }
                 File::create_new(&p)
             })
-            .await
-            .map_err(|e| std::io::Error::other(e.to_string()))??;
+            .await?;
             let (to_writer, batches) = mpsc::channel(IN_FLIGHT_BATCHES);
             let writer = tokio::task::spawn_blocking(move || write_batches(file, batches));
             Ok(FileSink { path, to_writer: Some(to_writer), writer: Some(writer), settled: false })
         }
 
         pub(super) async fn write(&mut self, batch: Vec<Bytes>) -> Result<(), WriteError> {
-            let sent = match &self.to_writer {
-                Some(tx) => tx.send(batch).await.is_ok(),
-                None => false,
-            };
-            if sent {
+            if let Some(tx) = &self.to_writer
+                && tx.send(batch).await.is_ok()
+            {
                 return Ok(());
             }
             // The writer stopped: its error says why.
             self.to_writer = None;
-            match self.writer.take() {
-                Some(w) => match w.await {
-                    Ok(Err(e)) => Err(e.into()),
-                    _ => Err(std::io::Error::other("the writer thread stopped").into()),
-                },
-                None => Err(std::io::Error::other("the writer thread stopped").into()),
-            }
+            Err(self.join_writer().await.err().unwrap_or_else(|| std::io::Error::other("the writer thread stopped")).into())
+        }
+
+        /// Waits for the writer thread (once) and returns the file it wrote, or why it stopped.
+        async fn join_writer(&mut self) -> std::io::Result<File> {
+            let writer = self.writer.take().ok_or_else(|| std::io::Error::other("the writer thread stopped"))?;
+            writer.await.map_err(|e| std::io::Error::other(e.to_string()))?
         }
 
         /// Waits for the writer, then makes the file and its new directory entries durable.
         pub(super) async fn finish(mut self) -> Result<(), WriteError> {
             self.to_writer = None;
-            let writer = self.writer.take().ok_or_else(|| std::io::Error::other("the writer thread stopped"))?;
-            let file = writer.await.map_err(|e| std::io::Error::other(e.to_string()))??;
+            let file = self.join_writer().await?;
             let path = self.path.clone();
-            tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            blocking(move || {
                 file.sync_data()?;
                 drop(file);
                 sync_parents(&path)
             })
-            .await
-            .map_err(|e| std::io::Error::other(e.to_string()))??;
+            .await?;
             self.settled = true;
             Ok(())
         }
 
         pub(super) async fn abort(mut self) -> std::io::Result<()> {
             self.to_writer = None;
-            if let Some(w) = self.writer.take() {
-                let _ = w.await;
-            }
+            let _ = self.join_writer().await;
             self.settled = true;
-            match tokio::fs::remove_file(&self.path).await {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-                _ => Ok(()),
-            }
+            gone_is_fine(tokio::fs::remove_file(&self.path).await)
+        }
+    }
+
+    /// Runs blocking file-system work off the async threads.
+    pub(super) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> std::io::Result<T> + Send + 'static) -> std::io::Result<T> {
+        tokio::task::spawn_blocking(f).await.map_err(|e| std::io::Error::other(e.to_string()))?
+    }
+
+    /// A removal of something already gone succeeded.
+    pub(super) fn gone_is_fine(res: std::io::Result<()>) -> std::io::Result<()> {
+        match res {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            other => other,
         }
     }
 
